@@ -1,0 +1,157 @@
+"""The backend layer: what gives the sandbox's network namespace connectivity.
+
+A backend is a small class with:
+  name, package (what a distro calls it), capabilities (a frozenset of the
+  CAP_* names below), probe() -> Probe, and start(target, config) -> Handle.
+
+Backends are found through the entry-point group ``netwrap.backends``; the
+ones shipped with netwrap are also known statically so that a run never pays
+for scanning installed distributions unless it names a backend netwrap does
+not ship. ``--backend auto`` tries AUTO_ORDER and takes the first available.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Protocol
+
+import attrs
+
+from netwrap.errors import NetwrapError, UsageError
+
+if TYPE_CHECKING:
+    from netwrap.config import Config
+
+ENTRY_POINT_GROUP = "netwrap.backends"
+
+# Capability names a backend may declare; the front-end refuses a feature
+# whose capability the chosen backend lacks, naming both.
+CAP_IPV4 = "ipv4"
+CAP_IPV6 = "ipv6"
+CAP_TCP = "tcp"
+CAP_UDP = "udp"
+CAP_ICMP = "icmp"
+CAP_PUBLISH = "publish"
+CAP_OUTBOUND_INTERFACE = "outbound-interface"
+CAP_HOST_LOOPBACK = "host-loopback"  # can open host loopback on request
+
+BUILTIN: dict[str, str] = {
+    "pasta": "netwrap.backends.pasta:PastaBackend",
+}
+AUTO_ORDER = ("pasta", "slirp4netns", "tunrelay")
+
+
+@attrs.frozen(kw_only=True)
+class Probe:
+    """What a backend found out about itself on this machine."""
+
+    available: bool
+    version: str | None = None
+    reason: str | None = None  # why not available
+    fix: str | None = None  # what to do about it
+    path: str | None = None
+    options: frozenset[str] = frozenset()  # long options the binary accepts
+
+
+@attrs.frozen(kw_only=True)
+class Target:
+    """The sandbox a backend attaches to."""
+
+    pid: int  # host pid of a process inside the sandbox's user+net namespaces
+    rootful: bool
+    # An open fd of the sandbox's netns, owned by the caller. A helper given
+    # it (as /proc/self/fd/N) needs no ptrace access to the holder process,
+    # which a root helper that drops capabilities no longer has.
+    netns_fd: int
+
+
+@attrs.frozen(kw_only=True)
+class NetworkInfo:
+    """What the backend set up inside, for resolv.conf, summaries and policy."""
+
+    interface: str | None = None
+    addresses: tuple[str, ...] = ()
+    gateways: tuple[str, ...] = ()
+    dns: tuple[str, ...] = ()
+
+
+class Handle(Protocol):
+    """A started backend. Owned by the netwrap parent; stop() is idempotent."""
+
+    pid: int | None
+
+    def wait_ready(self, timeout: float) -> NetworkInfo: ...
+
+    def fileno(self) -> int | None:
+        """An fd the main loop watches (the backend's output), or None."""
+
+    def on_readable(self) -> None: ...
+
+    def poll(self) -> int | None:
+        """Exit status if the backend has ended, else None."""
+
+    def diagnostics(self) -> str: ...
+
+    def stop(self, timeout: float = 2.0) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+    package: str
+    capabilities: frozenset[str]
+
+    def probe(self) -> Probe: ...
+
+    def start(self, target: Target, config: "Config") -> Handle: ...
+
+
+def _load(spec: str) -> type:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _entry_points() -> dict[str, object]:
+    from importlib.metadata import entry_points  # ~35 ms: only when needed
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def names(*, include_plugins: bool = True) -> list[str]:
+    found = list(BUILTIN)
+    if include_plugins:
+        found += [n for n in _entry_points() if n not in BUILTIN]
+    return found
+
+
+def is_known(name: str) -> bool:
+    return name == "auto" or name in BUILTIN or name in _entry_points()
+
+
+def get(name: str) -> Backend:
+    if name in BUILTIN:
+        return _load(BUILTIN[name])()
+    ep = _entry_points().get(name)
+    if ep is None:
+        known = ", ".join(["auto", *names()])
+        raise UsageError(f"unknown backend {name!r} (known: {known})")
+    return ep.load()()  # type: ignore[attr-defined]
+
+
+def select(name: str) -> tuple[Backend, Probe]:
+    """The backend to use for `name` ("auto" included), probed and available."""
+    if name != "auto":
+        backend = get(name)
+        probe = backend.probe()
+        if not probe.available:
+            raise NetwrapError(f"backend {name} is not available: {probe.reason}" + (f"; {probe.fix}" if probe.fix else ""))
+        return backend, probe
+    reasons = []
+    for candidate in AUTO_ORDER:
+        if candidate not in BUILTIN:
+            continue
+        backend = get(candidate)
+        probe = backend.probe()
+        if probe.available:
+            return backend, probe
+        reasons.append(f"{candidate}: {probe.reason}")
+    raise NetwrapError("no backend is available (" + "; ".join(reasons) + ")")

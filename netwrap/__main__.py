@@ -1,0 +1,3 @@
+from netwrap.cli import main
+
+main()

@@ -1,0 +1,164 @@
+"""`netwrap [OPTIONS] [--] COMMAND [ARGS...]`, `netwrap backends`, `netwrap doctor`.
+
+Everything the user typed is checked here, before anything starts: a bad
+flag, value or file is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn, Sequence
+
+from netwrap import __version__
+from netwrap.errors import EXIT_FAILURE, EXIT_USAGE, NetwrapError, UsageError
+
+DESCRIPTION = """\
+Run COMMAND and everything it starts in a network namespace of its own,
+connected through a backend (pasta, slirp4netns or the built-in tunrelay).
+
+Rootless by default: the command runs under your own uid and gid in a nested
+user namespace, so it cannot change the sandbox's firewall, routes or links.
+
+other commands:
+  netwrap backends    list backends: available or not and why, version, capabilities
+  netwrap doctor      check this machine (user namespaces, /dev/net/tun, backends, nftables)
+"""
+
+EPILOG = """\
+exit status: the command's own; 128+N if a signal N ended it; 125 if netwrap
+failed; 126 if COMMAND is not executable; 127 if it is not found; 2 for bad
+usage (nothing is started).
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="netwrap", usage="netwrap [OPTIONS] [--] COMMAND [ARGS...]",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"netwrap {__version__}")
+    p.add_argument("--backend", default="auto", metavar="NAME",
+                   help="auto (default: pasta, then slirp4netns, then tunrelay) or a backend from 'netwrap backends'")
+    p.add_argument("--allow-host-loopback", action="store_true",
+                   help="let the sandbox reach services on the host's loopback (closed by default)")
+    p.add_argument("--as-root", action="store_true",
+                   help="run the command as root of the sandbox, with capabilities over its network: "
+                        "it can then change or remove netwrap's controls (not tamper-proof)")
+    p.add_argument("--user", metavar="NAME",
+                   help="when netwrap runs as root: run the command as this user")
+    p.add_argument("--summary", action="store_true",
+                   help="after the command, print a short report on stderr")
+    p.add_argument("--doctor", action="store_true", help="same as 'netwrap doctor'")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="say more (repeatable)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND", help="the command to run, with its arguments")
+    return p
+
+
+def parse(argv: Sequence[str]):
+    """The validated Config for a run, or a subcommand name."""
+    args = build_parser().parse_args(list(argv))
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if args.doctor:
+        return "doctor"
+    if not command:
+        raise UsageError("no command given (usage: netwrap [OPTIONS] [--] COMMAND [ARGS...])")
+
+    from netwrap import backends
+    from netwrap.config import Config
+
+    if not backends.is_known(args.backend):
+        known = ", ".join(["auto", *backends.names()])
+        raise UsageError(f"unknown backend {args.backend!r} (known: {known})")
+    rootful = os.geteuid() == 0
+    if args.user is not None and not rootful:
+        raise UsageError("--user needs netwrap to run as root (rootless, the command always runs as you)")
+    if args.user is not None and args.as_root:
+        raise UsageError("--user and --as-root exclude each other")
+    if args.quiet and args.verbose:
+        raise UsageError("--quiet and --verbose exclude each other")
+    return Config(
+        command=tuple(command),
+        backend=args.backend,
+        allow_host_loopback=args.allow_host_loopback,
+        as_root=args.as_root,
+        user=_run_as(args.user) if args.user is not None else None,
+        summary=args.summary,
+        verbosity=-1 if args.quiet else args.verbose,
+        rootful=rootful,
+        caller_uid=os.getuid(),
+        caller_gid=os.getgid(),
+    )
+
+
+def _run_as(name: str):
+    import pwd
+
+    from netwrap.config import RunAs
+
+    try:
+        entry = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
+    except KeyError:
+        raise UsageError(f"--user {name!r}: no such user") from None
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    return RunAs(uid=entry.pw_uid, gid=entry.pw_gid, groups=groups, name=entry.pw_name)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] in ("backends", "doctor"):
+            sys.exit(_subcommand(argv[0], argv[1:]))
+        parsed = parse(argv)
+        if parsed == "doctor":
+            sys.exit(_subcommand("doctor", []))
+        sys.exit(_run(parsed))
+    except UsageError as exc:
+        _say(f"error: {exc}")
+        sys.exit(EXIT_USAGE)
+    except NetwrapError as exc:
+        _say(str(exc))
+        sys.exit(EXIT_FAILURE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(f"netwrap: {line}\n")
+    sys.stderr.flush()
+
+
+def _subcommand(name: str, rest: list[str]) -> int:
+    if rest and rest[0] in ("-h", "--help"):
+        print(f"usage: netwrap {name}")
+        return 0
+    if rest:
+        raise UsageError(f"'netwrap {name}' takes no arguments (got {rest[0]!r})")
+    if name == "backends":
+        from netwrap.doctor import list_backends
+
+        return list_backends(sys.stdout)
+    from netwrap.doctor import doctor
+
+    return doctor(sys.stdout)
+
+
+def _run(config) -> int:
+    from netwrap import backends
+    from netwrap.run import run
+    from netwrap.summary import report
+
+    backend, probe = backends.select(config.backend)
+    outcome = run(config, backend, probe)
+    if config.summary:
+        report(config, outcome, sys.stderr)
+    return outcome.exit_status if outcome.exit_status is not None else EXIT_FAILURE

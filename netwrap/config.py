@@ -1,0 +1,36 @@
+"""The validated configuration of one netwrap run.
+
+Built by the CLI (or the library API) once every flag has been checked; the
+rest of netwrap only reads it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.frozen(kw_only=True)
+class RunAs:
+    """Who the command runs as, seen from the host."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    name: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    command: tuple[str, ...]
+    backend: str = "auto"
+    allow_host_loopback: bool = False
+    # Rootless: run the command as root of the sandbox's user namespace
+    # (capabilities over the netns) instead of nesting it under the caller's ids.
+    as_root: bool = False
+    # Rootful only: drop to this user for the command.
+    user: RunAs | None = None
+    summary: bool = False
+    verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
+    rootful: bool
+    caller_uid: int
+    caller_gid: int

@@ -1,0 +1,162 @@
+"""netwrap's parent process: start the sandbox and the backend, run, tear down.
+
+The parent stays in the host's namespaces. It owns the backend, the control
+channel and (later) the engines; one select() loop watches a signalfd, the
+channel and the backend's output. Stopping is a deadline first, then force;
+every resource registers its undo on an ExitStack the moment it exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import sys
+
+import attrs
+
+from netwrap import linux
+from netwrap.backends import Probe, Target
+from netwrap.config import Config
+from netwrap.control import Channel, ChannelClosed, SandboxError
+from netwrap.errors import NetwrapError
+from netwrap.external import wait_pid
+from netwrap.sandbox_side import FORWARDED, exit_code, holder_main
+
+READY_TIMEOUT = 15.0
+
+
+@attrs.define(kw_only=True)
+class Outcome:
+    """What happened, for the exit status and --summary."""
+
+    backend: str
+    backend_version: str | None
+    exit_status: int | None = None
+    started: bool = False
+    notes: list[str] = attrs.field(factory=list)
+
+
+def run(config: Config, backend, probe: Probe) -> Outcome:
+    outcome = Outcome(backend=backend.name, backend_version=probe.version)
+    with contextlib.ExitStack() as stack:
+        # Signals reach us through a signalfd so the loop sees who sent them:
+        # a terminal's SIGINT (si_code SI_KERNEL) already went to the command.
+        watched = [*FORWARDED, signal.SIGCHLD]
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+        stack.callback(signal.pthread_sigmask, signal.SIG_SETMASK, old_mask)
+        sigfd = linux.signalfd(watched)
+        stack.callback(os.close, sigfd)
+
+        ours, theirs = Channel.pair()
+        stack.callback(ours.close)
+        me = os.getpid()
+        holder = os.fork()
+        if holder == 0:
+            ours.close()
+            try:
+                holder_main(config, theirs, me)
+            finally:
+                os._exit(125)
+        theirs.close()
+        stack.callback(_end_holder, holder)
+
+        msg = _expect(ours, "ns-ready")
+        init_pid = int(msg["init_pid"])
+        holder_pid = int(msg["holder_pid"])
+        netns_fd = os.open(f"/proc/{holder_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        stack.callback(os.close, netns_fd)
+        target = Target(pid=holder_pid, rootful=config.rootful, netns_fd=netns_fd)
+
+        handle = backend.start(target, config, probe)
+        stack.callback(handle.stop)
+        handle.wait_ready(READY_TIMEOUT)
+        _send(ours, "backend-ready")
+        _expect(ours, "started")
+        outcome.started = True
+        outcome.exit_status = _main_loop(ours, sigfd, init_pid, holder, handle, outcome)
+    return outcome
+
+
+def _send(chan: Channel, op: str, **fields) -> None:
+    try:
+        chan.send(op, **fields)
+    except OSError:
+        # The sandbox is gone; the reason is usually queued on the channel.
+        _expect(chan, "never")
+
+
+def _expect(chan: Channel, op: str) -> dict:
+    try:
+        msg, fds = chan.expect(op)
+    except ChannelClosed:
+        raise NetwrapError("the sandbox ended during setup") from None
+    except SandboxError as exc:
+        raise NetwrapError(str(exc)) from None
+    for fd in fds:
+        os.close(fd)
+    return msg
+
+
+def _main_loop(chan: Channel, sigfd: int, init_pid: int, holder: int, handle, outcome: Outcome) -> int:
+    chan_open = True
+    backend_reported = False
+    while True:
+        fds = [sigfd]
+        if chan_open:
+            fds.append(chan.fileno())
+        if handle.fileno() is not None:
+            fds.append(handle.fileno())
+        try:
+            readable, _, _ = select.select(fds, [], [])
+        except InterruptedError:
+            continue
+        if handle.fileno() in readable:
+            handle.on_readable()
+        if chan_open and chan.fileno() in readable:
+            try:
+                msg, fds_in = chan.recv()
+                for fd in fds_in:
+                    os.close(fd)
+                if msg.get("op") == "exited":
+                    return exit_code(int(msg["status"]))
+            except ChannelClosed:
+                chan_open = False
+        if sigfd in readable:
+            signo, code, _sender = linux.read_signalfd(sigfd)
+            if signo != signal.SIGCHLD:
+                if code != linux.SI_KERNEL:
+                    _kill(init_pid, signo)
+                continue
+        # SIGCHLD or a closed channel: has the sandbox or the backend ended?
+        status = _try_reap(holder)
+        if status is not None:
+            return exit_code(status)
+        if not backend_reported and handle.poll() is not None:
+            backend_reported = True
+            outcome.notes.append(f"backend {outcome.backend} exited early: {handle.diagnostics() or 'no output'}")
+            sys.stderr.write(f"netwrap: warning: backend {outcome.backend} exited; the sandbox has no network\n")
+
+
+def _try_reap(pid: int) -> int | None:
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return 0
+    return status if done else None
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _end_holder(pid: int) -> None:
+    """The holder normally exits with the command; force it if not."""
+    if wait_pid(pid, 1.0) is None:
+        _kill(pid, signal.SIGKILL)
+        wait_pid(pid, 5.0)
+
