@@ -18,6 +18,7 @@ None of these return into netwrap's main code: they end in os._exit or exec.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -205,16 +206,34 @@ def _command_main(config: Config, chan: Channel, nest: bool, to_init_w: int, to_
         sys.stderr.write(f"netwrap: cannot prepare the command: {exc.strerror}\n")
         os._exit(EXIT_SETUP_FAILED)
     linux.reset_signals_for_exec()
-    argv = list(config.command)
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        missing = isinstance(exc, FileNotFoundError)
-        what = "command not found" if missing else (exc.strerror or str(exc))
-        sys.stderr.write(f"netwrap: {argv[0]}: {what}\n")
+    _exec(list(config.command))
+
+
+def _exec(argv: list[str]) -> None:
+    """exec argv[0] the way a shell finds it: 127 if no such file, else 126.
+
+    os.execvp would report EACCES from any unreadable PATH directory even
+    when the program exists nowhere; shells say "not found" then.
+    """
+    name = argv[0]
+    candidates = [name] if "/" in name else [os.path.join(d or ".", name) for d in os.get_exec_path()]
+    error: OSError | None = None
+    for path in candidates:
+        try:
+            os.execv(path, argv)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EACCES and not os.path.isfile(path):
+                continue  # an unreadable directory, not our program
+            error = error or exc
+    if error is None:
+        sys.stderr.write(f"netwrap: {name}: command not found\n")
         sys.stderr.flush()
-        os._exit(127 if missing else 126)
-    os._exit(EXIT_SETUP_FAILED)
+        os._exit(127)
+    sys.stderr.write(f"netwrap: {name}: {error.strerror or error}\n")
+    sys.stderr.flush()
+    os._exit(126)
 
 
 def _supervise(chan: Channel, sigfd: int, command_pid: int) -> int:
