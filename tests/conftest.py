@@ -1,0 +1,52 @@
+"""Fixtures shared by every test: the test world and the rootless/rootful axis.
+
+The world (see tests/world/__init__.py) is built once per session, only when
+a test asks for it, and needs root; without root those tests are skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+# `world` is imported as a top-level package whatever pytest's import mode.
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from world.harness import World, WorldRefused, open_world  # noqa: E402
+
+EXIT_WORLD_REFUSED = 3
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # CI stops a job with SIGTERM; turn it into what Ctrl-C does, so session
+    # teardown still removes the world's namespaces, daemons and temp dirs.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+@pytest.fixture(scope="session")
+def world() -> Iterator[World]:
+    if os.geteuid() != 0:
+        pytest.skip("the test world needs root")
+    try:
+        with open_world(REPO_ROOT) as built:
+            yield built
+    except WorldRefused as refusal:
+        pytest.exit(str(refusal), returncode=EXIT_WORLD_REFUSED)
+
+
+@pytest.fixture(params=[True, False], ids=["rootless", "rootful"])
+def as_user(request: pytest.FixtureRequest, world: World) -> bool:
+    """True: run netwrap as the unprivileged test user; False: as root."""
+    return request.param
