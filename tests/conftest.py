@@ -6,6 +6,7 @@ a test asks for it, and needs root; without root those tests are skipped.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sys
@@ -23,6 +24,27 @@ if str(TESTS_DIR) not in sys.path:
 from world.harness import World, WorldRefused, open_world  # noqa: E402
 
 EXIT_WORLD_REFUSED = 3
+
+
+def _installed_elsewhere() -> str | None:
+    """Where `import netwrap` would come from, if not this checkout.
+
+    CI installs the checkout it tests (pip install -e) into the shared venv; a
+    later run from another checkout would then quietly test that other code.
+    """
+    spec = importlib.util.find_spec("netwrap")
+    origin = Path(spec.origin).resolve() if spec and spec.origin else None
+    if origin is not None and REPO_ROOT not in origin.parents:
+        return str(origin)
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    elsewhere = _installed_elsewhere()
+    if elsewhere and os.environ.get("NETWRAP_TEST_INSTALLED") != "1":
+        pytest.exit(f"netwrap would be imported from {elsewhere}, not from this checkout ({REPO_ROOT}); "
+                    "run `bash tests/setup.sh` here first (or set NETWRAP_TEST_INSTALLED=1 to test "
+                    "an installed netwrap on purpose)", returncode=4)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
