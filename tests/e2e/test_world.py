@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pty
 import random
-import socket
+import select
 import subprocess
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -107,6 +109,18 @@ def test_dns_nxdomain_and_other_names(world: World) -> None:
     assert out.split() == []  # known name, no AAAA: empty NOERROR
 
 
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_the_host_resolver_forwards_to_the_world(world: World, proto: str) -> None:
+    mark = world.mark()
+    flags = ["+tcp"] if proto == "tcp" else []
+    out = ok(world.run(DIG + flags + ["+short", f"@{World.HOST_RESOLVER}", "example.test", "AAAA"]))
+    assert out.split() == [World.WORLD_V6]
+    [forwarded] = world.resolver_log(since=mark)
+    assert (forwarded["proto"], forwarded["peer"], forwarded["upstream"]) == (proto, "127.0.0.1", World.DNS_V4)
+    [answered] = world.dns_log(since=mark)
+    assert (answered["proto"], answered["local"], answered["peer"]) == (proto, World.DNS_V4, World.HOST_V4)
+
+
 def test_getent_goes_through_the_host_resolver(world: World) -> None:
     mark = world.mark()
     out = ok(world.run(["getent", "ahostsv4", "www.example.test"]))
@@ -152,6 +166,14 @@ def test_a_server_on_host_loopback_is_reachable_from_the_host(world: World) -> N
         assert not any(r["port"] == port for r in world.http_log())
 
 
+def test_a_server_spawned_in_the_internet_answers_every_address(world: World) -> None:
+    with world.spawn_server(ns="inet", http=[("::", 0)]) as server:
+        port = server.port("http")
+        out = ok(world.run(CURL + [f"http://203.0.113.9:{port}/hello", f"http://[2001:db8::9]:{port}/hello"]))
+        assert out == "hello from the world\n" * 2
+        assert [r["local"] for r in server.log("http")] == ["203.0.113.9", "2001:db8::9"]
+
+
 # -- running things: users, launcher, runtime ---------------------------------------------
 
 
@@ -181,6 +203,36 @@ def test_launcher_resets_signals_and_keeps_the_process_group(world: World) -> No
     finally:
         process.kill()
         process.wait(5)
+
+
+def test_launcher_keeps_the_callers_terminal(world: World) -> None:
+    # What terminal tests rely on: the command is in the terminal's foreground group.
+    argv = world.launcher_argv(["sh", "-c", 'tty; [ "$(ps -o tpgid= -p $$)" -eq "$(ps -o pgid= -p $$)" ] && echo foreground'])
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execv(argv[0], argv)
+        finally:
+            os._exit(127)
+    output = b""
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([fd], [], [], deadline - time.monotonic())[0]:
+                break
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the other side has closed
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    lines = output.decode().split()
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    assert lines[0].startswith("/dev/pts/") and lines[1] == "foreground"
 
 
 def test_launcher_exit_statuses(world: World) -> None:

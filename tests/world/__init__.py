@@ -13,10 +13,12 @@ lo and the veth and that every route leaves by that veth (else pytest.exit).
 
 The `world` fixture (session) yields a World:
 
-  world.run(argv, *, user=True, input=None, timeout=60, env=None, cwd=None)
+  world.run(argv, *, user=True, input=None, timeout=60, env=None, cwd=None, ns="host")
         -> CompletedProcess (text, stdout/stderr captured); runs in the host
-        namespace as the test user (user=False: as root), clean environment,
-        PYTHONPATH=<runtime copy of netwrap>, HOME=<world dir>
+        namespace (ns="inet": in the internet) as the test user (user=False:
+        as root; a str: that user), clean environment (env= adds to it),
+        PYTHONPATH=<runtime copy of netwrap>, HOME=<world dir>; raises
+        TimeoutExpired after `timeout` (the command is killed)
   world.popen(argv, *, user=True, env=None, cwd=None, **popen_kwargs) -> Popen
         same, not waited for; pid is the command's; same process group as pytest
   world.netwrap(*args, user=True, **run_kw)   run `python -m netwrap ARGS`
@@ -52,7 +54,9 @@ stdlib-only modules worldd, httpd, dnsd, dnswire, udpd, tcpserver, jsonlog,
 sockaddr, bytegen, addresses.
 """
 
-from .addresses import (DNS_V4, DNS_V6, HTTP_PORT, WORLD_V4, WORLD_V6)  # noqa: F401
+from .addresses import DNS_V4, DNS_V6, HTTP_PORT, WORLD_V4, WORLD_V6
+
+__all__ = ["DNS_V4", "DNS_V6", "HTTP_PORT", "WORLD_V4", "WORLD_V6", "World", "open_world", "Mark"]
 
 
 def __getattr__(name: str):

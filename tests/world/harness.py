@@ -28,7 +28,7 @@ from typing import Any
 
 from . import addresses, daemons, guard, netns
 from .certs import make_pki
-from .jsonlog import read_records, size_of
+from .jsonlog import size_of
 from .runtime import copy_runtime
 from .testuser import TestUser, cannot_execute, ensure_user
 
