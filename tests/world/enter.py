@@ -1,7 +1,7 @@
 """enter.py: run a command "in the host" (or any namespace of the world).
 
-    python -E -s enter.py --netns /run/netns/nwh123 [--etc DIR] [--user NAME]
-                          [--cwd DIR] [--setenv K=V ...] [--die-with-parent] -- CMD...
+    python -I enter.py --netns /run/netns/nwh123 [--etc DIR] [--user NAME]
+                   [--cwd DIR] [--setenv K=V ...] [--die-with-parent] -- CMD...
 
 Run as root.  In order: join the network namespace; unshare a mount namespace
 and make every mount private (nothing we mount reaches the real system); with

@@ -106,7 +106,8 @@ class World:
         """enter.py's argv up to (not including) '--'."""
         name = self.user.name if user is True else (user or None)
         home = self.root_home if name is None else self.user_home if name == self.user.name else None
-        argv = [self.python, "-E", "-s", str(ENTER), "--netns", self.netns_path(ns),
+        # -I: enter.py imports nothing of ours, so nothing beside it may shadow the stdlib.
+        argv = [self.python, "-I", str(ENTER), "--netns", self.netns_path(ns),
                 "--etc", str(self.etc_layers[ns])]
         if name:
             argv += ["--user", name]

@@ -31,14 +31,20 @@ def ensure_user(name: str = USER_NAME) -> TestUser:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
+        try:
+            grp.getgrnam(name)
+            group = ["--gid", name]  # left over from an earlier, half-done creation
+        except KeyError:
+            group = ["--user-group"]
         result = subprocess.run(
-            ["useradd", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+            ["useradd", *group, "--no-create-home", "--home-dir", "/nonexistent",
              "--shell", "/bin/bash", "--comment", "netwrap test user", name],
             capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
-        # Exit 9: another test run created it a moment ago; that is fine.
-        if result.returncode not in (0, 9):
-            raise RuntimeError(f"useradd {name} failed: {result.stderr.strip()}")
-        entry = pwd.getpwnam(name)
+        try:
+            # Exit 9 (name in use) is fine if another test run just made the user.
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise RuntimeError(f"useradd {name} failed: {result.stderr.strip()}") from None
     return TestUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
