@@ -18,7 +18,7 @@ from netwrap.backends.tunrelay.nat import (
     TcpNat,
     Verdict,
 )
-from netwrap.backends.tunrelay.packets import Packet, parse_frame, parse_ip, rewrite_endpoints
+from netwrap.backends.tunrelay.packets import parse_frame, parse_ip, rewrite_endpoints
 from netwrap.backends.tunrelay.vnet import GSO_TCPV4
 
 from _tr_ref import (
