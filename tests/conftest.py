@@ -27,15 +27,23 @@ EXIT_WORLD_REFUSED = 3
 
 
 def _installed_elsewhere() -> str | None:
-    """Where `import netwrap` would come from, if not this checkout.
+    """Where netwrap (or its backends) would be imported from, if not this checkout.
 
     CI installs the checkout it tests (pip install -e) into the shared venv; a
-    later run from another checkout would then quietly test that other code.
+    later run from another checkout would then quietly test that other code,
+    or a mix: `python -m pytest` finds netwrap/ in the current directory, but
+    netwrap.backends only through the install's package-dir mapping.
     """
-    spec = importlib.util.find_spec("netwrap")
-    origin = Path(spec.origin).resolve() if spec and spec.origin else None
-    if origin is not None and REPO_ROOT not in origin.parents:
-        return str(origin)
+    for name in ("netwrap", "netwrap.backends"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except Exception:  # a broken package is for the tests to report
+            return None
+        if spec is None and name == "netwrap.backends" and (REPO_ROOT / "backends").is_dir():
+            return "nowhere (netwrap.backends is not installed from this checkout)"
+        origin = Path(spec.origin).resolve() if spec and spec.origin else None
+        if origin is not None and REPO_ROOT not in origin.parents:
+            return str(origin)
     return None
 
 
