@@ -76,6 +76,12 @@ def test_https_by_name_through_the_host_resolver(world: World) -> None:
     assert any(r["qname"] == "www.example.test" for r in world.dns_log(since=mark))
 
 
+@pytest.mark.parametrize("host", [World.WORLD_V4, f"[{World.WORLD_V6}]", "example.test"])
+def test_https_certificate_covers_the_world_addresses(world: World, host: str) -> None:
+    out = ok(world.run(CURL + ["--cacert", str(world.ca_file), f"https://{host}/hello"]))
+    assert out == "hello from the world\n"
+
+
 def test_https_rejects_a_name_outside_the_certificate(world: World) -> None:
     result = world.run(CURL + ["--cacert", str(world.ca_file), "--resolve", f"other.test:443:{World.WORLD_V4}",
                                "https://other.test/hello"])
