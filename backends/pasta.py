@@ -21,9 +21,7 @@ from __future__ import annotations
 import collections
 import os
 import select
-import shutil
 import signal
-import tempfile
 import time
 
 from netwrap.backends import (
@@ -50,9 +48,10 @@ class PastaBackend:
         fix = f"install the '{self.package}' package (e.g. apt-get install {self.package})"
         if path is None:
             return Probe(available=False, reason="pasta not found in PATH", fix=fix)
-        info = probe_binary("pasta", path, version_argv=[path, "--version"], help_argv=[path, "--help"])
+        info = probe_binary("pasta", path, version_argv=[path, "--version"], help_argv=[path, "--help"],
+                            fallback_version=lambda: _packaged_version(self.package))
         options = frozenset(info["options"])  # type: ignore[arg-type]
-        version = info["version"] or _packaged_version(self.package)
+        version = info["version"]
         missing = [o for o in REQUIRED_OPTIONS if o not in options]
         if not ({"no-map-gw", "map-host-loopback"} & options):
             missing.append("no-map-gw")
@@ -106,7 +105,7 @@ class PastaHandle:
 
     @classmethod
     def start(cls, argv_template: list[str], pass_fds: list[int]) -> "PastaHandle":
-        workdir = tempfile.mkdtemp(prefix="netwrap-pasta-")
+        workdir = _private_dir()
         try:
             fifo = os.path.join(workdir, "pid")
             os.mkfifo(fifo, 0o600)
@@ -118,10 +117,10 @@ class PastaHandle:
             finally:
                 os.close(out_w)
         except CommandError as exc:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove_dir(workdir)
             raise NetwrapError(f"could not start pasta: {exc}") from None
         except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove_dir(workdir)
             raise
         os.set_blocking(out_r, False)
         return cls(pid=pid, output_fd=out_r, fifo_fd=fifo_fd, workdir=workdir, argv=argv)
@@ -187,7 +186,7 @@ class PastaHandle:
             os.close(self._output_fd)
             self._output_fd = None
         self._close_fifo()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        _remove_dir(self._workdir)
 
     def _close_fifo(self) -> None:
         if self._fifo_fd is not None:
@@ -207,6 +206,34 @@ class PastaHandle:
     def _tail(self) -> str:
         text = self.diagnostics()
         return f": {text.splitlines()[-1]}" if text else ""
+
+
+def _private_dir() -> str:
+    """A fresh 0700 directory (tempfile and shutil cost start-up time)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
+    if not os.access(base, os.W_OK | os.X_OK):
+        base = "/tmp"
+    for _ in range(10):
+        path = os.path.join(base, f"netwrap-pasta-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise NetwrapError(f"cannot create a private directory in {base}")
+
+
+def _remove_dir(path: str) -> None:
+    """Remove the pid FIFO and its directory; nothing else is ever in it."""
+    for name in ("pid",):
+        try:
+            os.unlink(os.path.join(path, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _describe(status: int | None) -> str:

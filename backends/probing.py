@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
+from typing import Callable
 
 from netwrap.external import CommandError, run
 
-_LONG_OPTION = re.compile(r"(?<![\w-])--([a-z][a-z0-9-]+)")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 def _cache_path() -> str:
@@ -29,8 +28,15 @@ def _binary_key(path: str) -> list[object]:
     return [_CACHE_VERSION, path, st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def probe_binary(name: str, path: str, *, version_argv: list[str], help_argv: list[str]) -> dict[str, object]:
-    """{"version": str|None, "options": [long options], "help": first lines}."""
+def probe_binary(
+    name: str, path: str, *, version_argv: list[str], help_argv: list[str],
+    fallback_version: Callable[[], str | None] | None = None,
+) -> dict[str, object]:
+    """{"version": str|None, "options": [long options]}.
+
+    fallback_version is asked (and its answer cached) when the binary does
+    not know its own version.
+    """
     key = _binary_key(path)
     cache_file = _cache_path()
     try:
@@ -44,7 +50,10 @@ def probe_binary(name: str, path: str, *, version_argv: list[str], help_argv: li
     if not isinstance(cache, dict):
         cache = {}
 
-    result = {"version": _version(version_argv), "options": sorted(_options(help_argv))}
+    version = _version(version_argv)
+    if version is None and fallback_version is not None:
+        version = fallback_version()
+    result = {"version": version, "options": sorted(_options(help_argv))}
     cache[name] = {"key": key, "result": result}
     try:
         os.makedirs(os.path.dirname(cache_file), exist_ok=True)
@@ -78,7 +87,9 @@ def _version(argv: list[str]) -> str | None:
 
 
 def _options(argv: list[str]) -> set[str]:
-    return set(_LONG_OPTION.findall(_output(argv)))
+    import re  # only on a cache miss
+
+    return set(re.findall(r"(?<![\w-])--([a-z][a-z0-9-]+)", _output(argv)))
 
 
 def package_version(package: str) -> str | None:

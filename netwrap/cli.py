@@ -153,7 +153,9 @@ def _subcommand(name: str, rest: list[str]) -> int:
 
 
 def _run(config) -> int:
-    from netwrap import backends
+    from netwrap import backends, external
+
+    external.verbosity = config.verbosity
     from netwrap.run import run
     from netwrap.summary import report
 

@@ -10,16 +10,23 @@ dispositions, an empty signal mask, and only the fds it is given.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import struct
+import sys
 from typing import Sequence
 
 from netwrap import linux
 from netwrap.errors import NetwrapError
 
-log = logging.getLogger("netwrap")
+# Set by the CLI from -v; the logging module costs more start-up time than
+# netwrap's few debug lines are worth.
+verbosity = 0
+
+
+def debug(message: str) -> None:
+    if verbosity > 0:
+        sys.stderr.write(f"netwrap: debug: {message}\n")
 
 
 class CommandError(NetwrapError):
@@ -46,7 +53,7 @@ def which(name: str) -> str | None:
 def run(argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0, check: bool = True) -> "CompletedRun":
     import subprocess  # not needed by a plain run's start path
 
-    log.debug("run: %s", " ".join(argv))
+    debug("run: " + " ".join(argv))
     try:
         proc = subprocess.run(
             list(argv), input=input, capture_output=True, text=True, timeout=timeout,
@@ -74,7 +81,7 @@ def spawn_helper(argv: Sequence[str], *, output_fd: int, pass_fds: Sequence[int]
     Must be called from the thread that will outlive the helper (PDEATHSIG
     follows the forking thread): netwrap's main thread.
     """
-    log.debug("spawn: %s", " ".join(argv))
+    debug("spawn: " + " ".join(argv))
     parent = os.getpid()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
