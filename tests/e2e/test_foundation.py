@@ -1,0 +1,341 @@
+"""The foundation, end to end, for every backend, rootless and rootful.
+
+Each test runs real netwrap in the test world and checks what the far end
+saw (the world's request log), not only exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import time
+
+import pytest
+
+from processes import tagged_processes
+from world.harness import World
+
+GET = ("import sys, urllib.request\n"
+       "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode(), end='')")
+
+# Connects to each address on a port, sends a request line naming the address,
+# prints {address: "ok" | error name}.
+PROBE = """
+import json, socket, sys
+port, out = int(sys.argv[1]), {}
+for addr in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s.settimeout(2)
+    try:
+        s.connect((addr, port))
+        s.sendall(b"GET /probe/" + addr.encode() + b" HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
+        out[addr] = "ok" if s.recv(64).startswith(b"HTTP/") else "no-http"
+    except OSError as exc:
+        out[addr] = type(exc).__name__
+    finally:
+        s.close()
+print(json.dumps(out))
+"""
+
+# Every address through which some backend could expose the host: the
+# sandbox's own loopback, pasta's and slirp4netns' gateways, the host's own
+# addresses (which pasta copies into the sandbox).
+HOST_EXPOSING = ["127.0.0.1", "::1", "192.0.2.1", "2001:db8:ff::1", "10.0.2.2", "fd00::2",
+                 World.HOST_V4, World.HOST_V6]
+
+
+def netwrap(world: World, backend: str, *args: str, user: bool = True, **kw) -> subprocess.CompletedProcess:
+    return world.netwrap("--backend", backend, *args, user=user, **kw)
+
+
+def caller_ids(world: World, as_user: bool) -> tuple[int, int]:
+    return (world.user.uid, world.user.gid) if as_user else (0, 0)
+
+
+# -- reaching the world --------------------------------------------------------------------
+
+@pytest.mark.parametrize("host", [World.WORLD_V4, f"[{World.WORLD_V6}]"], ids=["ipv4", "ipv6"])
+def test_http_get_reaches_the_world(world: World, backend: str, as_user: bool, host: str) -> None:
+    mark = world.mark()
+    done = netwrap(world, backend, "--", world.python, "-c", GET, f"http://{host}:{World.HTTP_PORT}/hello",
+                   user=as_user)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hello from the world\n"
+    assert done.stderr == ""
+    [record] = world.http_log(since=mark)
+    assert record["request"] == "GET /hello HTTP/1.1"
+    # The backend's flow leaves from the host's own address.
+    assert record["peer"] == (World.HOST_V6 if ":" in host else World.HOST_V4)
+
+
+# -- host loopback -------------------------------------------------------------------------
+
+def _probe_host_loopback(world: World, backend: str, as_user: bool, *flags: str) -> tuple[dict, list[dict]]:
+    port = 20000 + (os.getpid() * 7 + int(time.time())) % 20000
+    with world.spawn_server(ns="host", http=[("127.0.0.1", port), ("::1", port)]) as server:
+        done = netwrap(world, backend, *flags, "--", world.python, "-c", PROBE, str(port), *HOST_EXPOSING,
+                       user=as_user)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout), server.log("http")
+
+
+def test_host_loopback_is_closed_by_default(world: World, backend: str, as_user: bool) -> None:
+    results, seen = _probe_host_loopback(world, backend, as_user)
+    assert set(results) == set(HOST_EXPOSING)
+    assert "ok" not in results.values(), results
+    assert seen == []
+
+
+def test_allow_host_loopback_opens_it(world: World, backend: str, as_user: bool) -> None:
+    results, seen = _probe_host_loopback(world, backend, as_user, "--allow-host-loopback")
+    reached = sorted(addr for addr, result in results.items() if result == "ok")
+    assert reached, results
+    # The host's loopback service saw exactly the requests that succeeded.
+    assert sorted(r["path"].removeprefix("/probe/") for r in seen) == reached
+
+
+# -- who the command is ----------------------------------------------------------------------
+
+def test_command_runs_as_the_caller_without_network_capabilities(world: World, backend: str, as_user: bool) -> None:
+    workdir = world.user_dir("ids")
+    script = (f"id -u; id -g; touch {workdir}/made-inside; "
+              "nft flush ruleset; echo nft=$?; ip link set lo down; echo ip=$?; ip -br link show lo")
+    done = netwrap(world, backend, "--", "sh", "-c", script, user=as_user)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    uid, gid = caller_ids(world, as_user)
+    assert lines[:2] == [str(uid), str(gid)]
+    st = os.stat(workdir / "made-inside")
+    assert (st.st_uid, st.st_gid) == (uid, gid)
+    assert "nft=1" in lines and "ip=2" in lines, done.stdout
+    assert done.stderr.count("Operation not permitted") == 2, done.stderr
+    assert " UP " in lines[-1] or "UNKNOWN" in lines[-1]  # lo is still up
+
+
+def test_as_root_gives_root_of_the_sandbox(world: World, backend: str) -> None:
+    done = netwrap(world, backend, "--as-root", "--", "sh", "-c", "id -u; nft list ruleset >/dev/null && echo nft-ok")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["0", "nft-ok"]
+
+
+# -- exit statuses ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["sh", "-c", "exit 42"], 42, ""),
+    (["sh", "-c", "kill -TERM $$"], 143, ""),
+    (["no-such-command-here"], 127, "netwrap: no-such-command-here: command not found\n"),
+    (["{plain_file}"], 126, "netwrap: {plain_file}: Permission denied\n"),
+], ids=["exit-42", "sigterm-143", "not-found-127", "not-executable-126"])
+def test_exit_status_is_the_commands(world: World, backend: str, as_user: bool, argv, status, message) -> None:
+    plain_file = world.user_dir("plain") / "not-a-program"
+    plain_file.write_text("just text\n")
+    plain_file.chmod(0o644)
+    argv = [a.format(plain_file=plain_file) for a in argv]
+    message = message.format(plain_file=plain_file)
+    done = netwrap(world, backend, "--", *argv, user=as_user)
+    assert done.returncode == status
+    assert done.stderr == message
+
+
+def _path_without(world: World, *missing: str) -> str:
+    """A PATH dir holding the usual tools, less `missing` (/bin is /usr/bin here)."""
+    bindir = world.user_dir("bin")
+    for name in ("sh", "true", "id", "ip", "nft", "pasta", "passt", "slirp4netns", "dpkg-query"):
+        for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+            if name not in missing and os.path.exists(f"{d}/{name}") and not (bindir / name).exists():
+                (bindir / name).symlink_to(f"{d}/{name}")
+    return str(bindir)
+
+
+def test_missing_backend_binary_is_125_naming_the_package(world: World, as_user: bool) -> None:
+    path = _path_without(world, "pasta")
+    done = world.netwrap("--backend", "pasta", "--", "true", user=as_user, env={"PATH": path})
+    assert done.returncode == 125
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert "pasta" in done.stderr and "'passt' package" in done.stderr
+
+
+# -- nothing left behind --------------------------------------------------------------------
+
+def test_nothing_remains_after_exit(world: World, backend: str, as_user: bool, tag: str) -> None:
+    done = netwrap(world, backend, "--", "sh", "-c", "sleep 1000 & echo started", user=as_user,
+                   env={"NETWRAP_TEST_TAG": tag})
+    assert done.returncode == 0 and done.stdout == "started\n", done.stderr
+    assert tagged_processes(tag) == []
+
+
+def test_kill_9_ends_backend_and_tree_within_2s(world: World, backend: str, as_user: bool, tag: str) -> None:
+    proc = world.popen(world.netwrap_cmd("--backend", backend, "--", "sh", "-c",
+                                         "sleep 1000 & sleep 1001 & echo started; wait"),
+                       user=as_user, env={"NETWRAP_TEST_TAG": tag}, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        names = {p.name() for p in tagged_processes(tag)}
+        assert {"sleep"} <= names and len(names) >= 3, names  # netwrap, backend, sleeps
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        deadline = time.monotonic() + 2.0
+        while tagged_processes(tag) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert tagged_processes(tag) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+
+
+# -- signals and terminals -------------------------------------------------------------------
+
+CATCHER = """
+import signal, sys
+def got(signo, frame):
+    print("got", signo, flush=True)
+    sys.exit(7)
+signal.signal(signal.SIGTERM, got)
+signal.signal(signal.SIGINT, got)
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_to_netwrap_reaches_the_command(world: World, backend: str, as_user: bool, sig) -> None:
+    proc = world.popen(world.netwrap_cmd("--backend", backend, "--", world.python, "-c", CATCHER),
+                       user=as_user, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out == f"got {int(sig)}\n"
+    assert proc.returncode == 7, err
+
+
+def _pty_session(world: World, backend: str, as_user: bool, argv: list[str]) -> tuple[int, int]:
+    pid, fd = pty.fork()
+    if pid == 0:  # child: session leader with the pty as controlling terminal
+        args = world.netwrap_argv("--backend", backend, "--", *argv, user=as_user)
+        os.execv(args[0], args)
+    return pid, fd
+
+
+def _read_until(fd: int, needle: bytes, timeout: float = 10.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"timed out waiting for {needle!r}; saw {seen[-500:]!r}"
+        if select.select([fd], [], [], remaining)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    assert needle in seen, seen
+    return seen
+
+
+def _wait_status(pid: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("netwrap did not exit")
+
+
+def test_interactive_shell_owns_the_terminal(world: World, backend: str, as_user: bool) -> None:
+    pid, fd = _pty_session(world, backend, as_user, ["bash", "--norc", "--noprofile", "-i"])
+    try:
+        os.write(fd, b"echo fg=$(( $(ps -o tpgid= -p $$) == $(ps -o pgid= -p $$) )) sum=$((6*7))\n")
+        _read_until(fd, b"fg=1 sum=42")
+        os.write(fd, b"exit 5\n")
+        _read_until(fd, b"exit")
+        assert _wait_status(pid) == 5
+    finally:
+        os.close(fd)
+
+
+def test_terminal_ctrl_c_ends_the_command_not_netwrap(world: World, backend: str, as_user: bool) -> None:
+    pid, fd = _pty_session(world, backend, as_user, [world.python, "-c", CATCHER])
+    try:
+        _read_until(fd, b"ready")
+        os.write(fd, b"\x03")
+        out = _read_until(fd, b"got 2")
+        assert out.count(b"got") == 1  # delivered once, not also forwarded
+        assert _wait_status(pid) == 7
+    finally:
+        os.close(fd)
+
+
+# -- what netwrap prints ----------------------------------------------------------------------
+
+def test_stderr_is_the_commands_unless_summary(world: World, backend: str) -> None:
+    script = "echo out; echo err >&2"
+    plain = netwrap(world, backend, "--", "sh", "-c", script)
+    assert (plain.returncode, plain.stdout, plain.stderr) == (0, "out\n", "err\n")
+    summary = netwrap(world, backend, "--summary", "--", "sh", "-c", script)
+    assert summary.stdout == "out\n"
+    assert summary.stderr.startswith("err\n")
+    report = summary.stderr.splitlines()[1:]
+    assert all(line.startswith("netwrap: ") for line in report)
+    text = "\n".join(report)
+    assert f"backend:  {backend}" in text and "(rootless)" in text
+    assert "host loopback closed" in text and "exit:     0" in text
+
+
+def test_backends_lists_each_with_version(world: World, backend: str) -> None:
+    done = world.netwrap("backends")
+    assert done.returncode == 0, done.stderr
+    line = next(l for l in done.stdout.splitlines() if l.startswith(f"{backend}:"))
+    assert line.startswith(f"{backend}: available, version ")
+    assert "version unknown" not in line
+    assert "capabilities:" in done.stdout
+
+
+def test_doctor_passes_here_and_explains_failures(world: World) -> None:
+    done = world.netwrap("doctor")
+    assert done.returncode == 0, done.stdout
+    assert "ok    user namespaces" in done.stdout and "ok    /dev/net/tun" in done.stdout
+    assert "ok    nftables" in done.stdout and "all checks passed" in done.stdout
+    broken = world.netwrap("--doctor", env={"PATH": _path_without(world, "pasta", "nft")})
+    assert broken.returncode == 1
+    assert "FAIL  backend pasta: pasta not found in PATH" in broken.stdout
+    assert "fix: install the 'passt' package" in broken.stdout
+    assert "FAIL  nftables" in broken.stdout and "fix: install the 'nftables' package" in broken.stdout
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+FAKE_PASTA = "#!/bin/sh\necho started >> {marker}\nexit 1\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--no-such-option", "true"], "unrecognized arguments: --no-such-option"),
+    (["--backend", "nonesuch", "true"], "unknown backend 'nonesuch'"),
+    ([], "no command given"),
+    (["--user", "root", "true"], "--user needs netwrap to run as root"),
+], ids=["unknown-option", "unknown-backend", "missing-command", "user-without-root"])
+def test_bad_input_is_exit_2_one_line_nothing_started(world: World, args, message) -> None:
+    # A fake pasta first on PATH records any start; none may happen.
+    bindir = world.user_dir("fakebin")
+    marker = bindir / "started"
+    (bindir / "pasta").write_text(FAKE_PASTA.format(marker=marker))
+    (bindir / "pasta").chmod(0o755)
+    done = world.netwrap(*args, env={"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [f"netwrap: error: {done.stderr.split('error: ', 1)[1].strip()}"]
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert not marker.exists()
