@@ -31,6 +31,11 @@ from netwrap.backends import (
 from netwrap.backends.probing import package_version, probe_binary
 from netwrap.errors import NetwrapError
 from netwrap.external import CommandError, spawn_helper, wait_pid, which
+from netwrap.scratch import make_private_dir, remove_private_dir
+
+# The sandbox's resolver: pasta answers DNS sent here by forwarding it to the
+# host's first resolver, also one on the host's loopback (127.0.0.53).
+DNS_FORWARD_V4 = "169.254.0.53"
 
 # Options every build we support has; a missing one is named in the error.
 REQUIRED_OPTIONS = ("foreground", "config-net", "pid", "tcp-ports", "udp-ports", "tcp-ns", "udp-ns")
@@ -79,6 +84,8 @@ class PastaBackend:
         else:
             argv += ["--tcp-ns", "none", "--udp-ns", "none"]
             argv += ["--no-map-gw"] if "no-map-gw" in probe.options else ["--map-host-loopback", "none"]
+        if "dns-forward" in probe.options:
+            argv += ["--dns-forward", DNS_FORWARD_V4]
         if target.rootful:
             argv += ["--runas", "0:0", "--netns", f"/proc/self/fd/{target.netns_fd}"]
         else:
@@ -105,7 +112,7 @@ class PastaHandle:
 
     @classmethod
     def start(cls, argv_template: list[str], pass_fds: list[int]) -> "PastaHandle":
-        workdir = _private_dir()
+        workdir = make_private_dir("pasta")
         try:
             fifo = os.path.join(workdir, "pid")
             os.mkfifo(fifo, 0o600)
@@ -117,10 +124,10 @@ class PastaHandle:
             finally:
                 os.close(out_w)
         except CommandError as exc:
-            _remove_dir(workdir)
+            remove_private_dir(workdir)
             raise NetwrapError(f"could not start pasta: {exc}") from None
         except BaseException:
-            _remove_dir(workdir)
+            remove_private_dir(workdir)
             raise
         os.set_blocking(out_r, False)
         return cls(pid=pid, output_fd=out_r, fifo_fd=fifo_fd, workdir=workdir, argv=argv)
@@ -139,7 +146,7 @@ class PastaHandle:
             if self._fifo_fd in readable:
                 if os.read(self._fifo_fd, 64).strip():
                     self._close_fifo()
-                    return NetworkInfo()
+                    return NetworkInfo(dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
             if self._output_fd is None:  # EOF: pasta is gone
                 status = self._reap(block=True)
                 raise NetwrapError(f"pasta exited ({_describe(status)}) before it was ready{self._tail()}")
@@ -186,7 +193,7 @@ class PastaHandle:
             os.close(self._output_fd)
             self._output_fd = None
         self._close_fifo()
-        _remove_dir(self._workdir)
+        remove_private_dir(self._workdir)
 
     def _close_fifo(self) -> None:
         if self._fifo_fd is not None:
@@ -206,34 +213,6 @@ class PastaHandle:
     def _tail(self) -> str:
         text = self.diagnostics()
         return f": {text.splitlines()[-1]}" if text else ""
-
-
-def _private_dir() -> str:
-    """A fresh 0700 directory (tempfile and shutil cost start-up time)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
-    if not os.access(base, os.W_OK | os.X_OK):
-        base = "/tmp"
-    for _ in range(10):
-        path = os.path.join(base, f"netwrap-pasta-{os.getpid()}-{os.urandom(4).hex()}")
-        try:
-            os.mkdir(path, 0o700)
-            return path
-        except FileExistsError:
-            continue
-    raise NetwrapError(f"cannot create a private directory in {base}")
-
-
-def _remove_dir(path: str) -> None:
-    """Remove the pid FIFO and its directory; nothing else is ever in it."""
-    for name in ("pid",):
-        try:
-            os.unlink(os.path.join(path, name))
-        except FileNotFoundError:
-            pass
-    try:
-        os.rmdir(path)
-    except OSError:
-        pass
 
 
 def _describe(status: int | None) -> str:

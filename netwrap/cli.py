@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (default: pasta, then slirp4netns, then tunrelay) or a backend from 'netwrap backends'")
     p.add_argument("--allow-host-loopback", action="store_true",
                    help="let the sandbox reach services on the host's loopback (closed by default)")
+    p.add_argument("-d", "--dns", action="append", default=[], metavar="IP",
+                   help="use this resolver (IPv4 or IPv6; repeatable): resolv.conf names it and every "
+                        "DNS flow of the command, UDP and TCP, to any address goes to it")
+    p.add_argument("--hosts-file", metavar="FILE", help="the sandbox's /etc/hosts (the host's file is untouched)")
+    p.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
+                   help="add a hosts entry (repeatable; IPv4 or IPv6)")
     p.add_argument("--as-root", action="store_true",
                    help="run the command as root of the sandbox, with capabilities over its network: "
                         "it can then change or remove netwrap's controls (not tamper-proof)")
@@ -86,8 +92,17 @@ def parse(argv: Sequence[str]):
         raise UsageError("--user and --as-root exclude each other")
     if args.quiet and args.verbose:
         raise UsageError("--quiet and --verbose exclude each other")
+    from netwrap import dnsfiles
+
+    dns = tuple(dnsfiles.parse_dns(v) for v in args.dns)
+    add_hosts = tuple(dnsfiles.parse_add_host(v) for v in args.add_host)
+    hosts_text = _read_hosts_file(args.hosts_file) if args.hosts_file is not None else None
     return Config(
         command=tuple(command),
+        dns=dns,
+        hosts_file=args.hosts_file,
+        hosts_text=hosts_text,
+        add_hosts=add_hosts,
         backend=args.backend,
         allow_host_loopback=args.allow_host_loopback,
         as_root=args.as_root,
@@ -98,6 +113,16 @@ def parse(argv: Sequence[str]):
         caller_uid=os.getuid(),
         caller_gid=os.getgid(),
     )
+
+
+def _read_hosts_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="strict") as f:
+            return f.read()
+    except OSError as exc:
+        raise UsageError(f"--hosts-file {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--hosts-file {path!r}: not a text file") from None
 
 
 def _run_as(name: str):
@@ -153,14 +178,15 @@ def _subcommand(name: str, rest: list[str]) -> int:
 
 
 def _run(config) -> int:
-    from netwrap import backends, external
+    from netwrap import backends, external, frontend
 
     external.verbosity = config.verbosity
+    nft = frontend.check(config)
     from netwrap.run import run
     from netwrap.summary import report
 
     backend, probe = backends.select(config.backend)
-    outcome = run(config, backend, probe)
+    outcome = run(config, backend, probe, nft=nft)
     if config.summary:
         report(config, outcome, sys.stderr)
     return outcome.exit_status if outcome.exit_status is not None else EXIT_FAILURE

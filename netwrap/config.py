@@ -29,6 +29,13 @@ class Config:
     as_root: bool = False
     # Rootful only: drop to this user for the command.
     user: RunAs | None = None
+    # Forced resolvers (--dns): resolv.conf names them and every port-53
+    # flow of the tree is sent to them.
+    dns: tuple[str, ...] = ()
+    # --hosts-file content, read (and so checked) before anything starts.
+    hosts_text: str | None = None
+    hosts_file: str | None = None
+    add_hosts: tuple[tuple[str, str], ...] = ()
     summary: bool = False
     verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
     rootful: bool

@@ -16,12 +16,13 @@ import sys
 
 import attrs
 
-from netwrap import linux
+from netwrap import frontend, linux
 from netwrap.backends import Probe, Target
 from netwrap.config import Config
 from netwrap.control import Channel, ChannelClosed, SandboxError
 from netwrap.errors import NetwrapError
 from netwrap.external import wait_pid
+from netwrap.scratch import make_private_dir, remove_private_dir
 from netwrap.sandbox_side import FORWARDED, exit_code, holder_main
 
 READY_TIMEOUT = 15.0
@@ -35,10 +36,11 @@ class Outcome:
     backend_version: str | None
     exit_status: int | None = None
     started: bool = False
+    resolvers: tuple[str, ...] = ()
     notes: list[str] = attrs.field(factory=list)
 
 
-def run(config: Config, backend, probe: Probe) -> Outcome:
+def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Outcome:
     outcome = Outcome(backend=backend.name, backend_version=probe.version)
     with contextlib.ExitStack() as stack:
         # Signals reach us through a signalfd so the loop sees who sent them:
@@ -71,9 +73,14 @@ def run(config: Config, backend, probe: Probe) -> Outcome:
 
         handle = backend.start(target, config, probe)
         stack.callback(handle.stop)
-        handle.wait_ready(READY_TIMEOUT)
-        _send(ours, "backend-ready")
+        network = handle.wait_ready(READY_TIMEOUT)
+        scratch = make_private_dir("setup")
+        stack.callback(remove_private_dir, scratch)
+        plan = frontend.prepare(config, network, scratch, backend=backend.name, nft=nft)
+        outcome.resolvers = plan.resolvers
+        _send(ours, "backend-ready", plan=plan.to_message())
         _expect(ours, "started")
+        remove_private_dir(scratch)  # init's bind mounts keep what it needs
         outcome.started = True
         outcome.exit_status = _main_loop(ours, sigfd, init_pid, holder, handle, outcome)
     return outcome

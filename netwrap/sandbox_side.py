@@ -25,8 +25,9 @@ import signal
 import sys
 import traceback
 
-from netwrap import linux
+from netwrap import frontend, linux
 from netwrap.config import Config
+from netwrap.errors import NetwrapError
 from netwrap.control import Channel, ChannelClosed
 
 # Signals netwrap passes on to the command when someone sends them to it.
@@ -123,13 +124,17 @@ def init_main(config: Config, chan: Channel, holder_pid: int) -> None:
         _fail(chan, f"cannot mount /proc in the sandbox: {exc.strerror}")
 
     try:
-        chan.expect("backend-ready")
+        msg, _ = chan.expect("backend-ready")
     except ChannelClosed:
         os._exit(EXIT_SETUP_FAILED)
     try:
         linux.set_link_up("lo")
     except OSError as exc:
         _fail(chan, f"cannot bring up the sandbox's loopback: {exc.strerror}")
+    try:
+        frontend.apply(frontend.SetupPlan.from_message(msg.get("plan") or {}))
+    except (OSError, NetwrapError) as exc:
+        _fail(chan, f"sandbox setup failed: {exc}")
 
     command_pid = _start_command(config, chan)
     chan.send("started", pid=command_pid)

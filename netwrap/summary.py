@@ -17,6 +17,14 @@ def lines(config: Config, outcome) -> list[str]:
         who = f"uid {config.caller_uid} in a nested user namespace"
     version = f" {outcome.backend_version}" if outcome.backend_version else ""
     controls = ["host loopback " + ("open (--allow-host-loopback)" if config.allow_host_loopback else "closed")]
+    if config.dns:
+        controls.append("DNS forced to " + ", ".join(config.dns))
+    elif outcome.resolvers:
+        controls.append("DNS via " + ", ".join(outcome.resolvers))
+    if config.hosts_file or config.add_hosts:
+        what = [f"file {config.hosts_file}"] if config.hosts_file else []
+        what += [f"{name}={ip}" for name, ip in config.add_hosts]
+        controls.append("hosts " + ", ".join(what))
     out = [
         f"backend:  {outcome.backend}{version} ({mode})",
         f"command:  {' '.join(config.command)} as {who}",

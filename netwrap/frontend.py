@@ -1,0 +1,96 @@
+"""The front-end every backend shares: what the sandbox's init sets up.
+
+The parent decides (prepare): it renders resolv.conf, hosts and the nftables
+ruleset from the config and the backend's NetworkInfo, writes the files into
+a private scratch directory, and sends init a SetupPlan. Init applies it
+(apply) as root of the sandbox, before the command exists. Once init has
+bind-mounted the files the scratch directory can go: the mounts keep them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+from netwrap import dnsfiles, linux
+from netwrap.backends import NetworkInfo
+from netwrap.config import Config
+from netwrap.errors import NetwrapError
+from netwrap.external import run, which
+
+HOST_RESOLV_CONF = "/etc/resolv.conf"
+HOST_HOSTS = "/etc/hosts"
+
+
+@attrs.frozen(kw_only=True)
+class SetupPlan:
+    # (file netwrap prepared, sandbox path it is mounted over)
+    binds: tuple[tuple[str, str], ...] = ()
+    nft_path: str | None = None
+    nft_ruleset: str | None = None
+    # What is in force, for --summary.
+    resolvers: tuple[str, ...] = ()
+
+    def to_message(self) -> dict:
+        return {"binds": [list(b) for b in self.binds], "nft_path": self.nft_path, "nft_ruleset": self.nft_ruleset}
+
+    @classmethod
+    def from_message(cls, msg: dict) -> "SetupPlan":
+        return cls(binds=tuple(tuple(b) for b in msg.get("binds", ())), nft_path=msg.get("nft_path"),
+                   nft_ruleset=msg.get("nft_ruleset"))
+
+
+def check(config: Config) -> str | None:
+    """Refuse, before anything starts, what this machine cannot do; the nft path if needed."""
+    if not config.dns:
+        return None
+    nft = which("nft")
+    if nft is None:
+        raise NetwrapError("--dns needs nftables to send every DNS flow to the resolver; "
+                           "install the 'nftables' package")
+    return nft
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _write(scratch: str, name: str, text: str) -> str:
+    path = os.path.join(scratch, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o644)  # the command may run as another user (--user)
+    return path
+
+
+def prepare(config: Config, network: NetworkInfo, scratch: str, *, backend: str, nft: str | None) -> SetupPlan:
+    binds: list[tuple[str, str]] = []
+    resolvers = list(config.dns) or list(network.dns)
+    if resolvers:
+        search, options = dnsfiles.host_resolv_settings(_read(HOST_RESOLV_CONF))
+        origin = "forced resolver (--dns)" if config.dns else f"the {backend} backend's DNS address"
+        text = dnsfiles.render_resolv_conf(resolvers, search=search, options=options, origin=origin)
+        binds.append((_write(scratch, "resolv.conf", text), HOST_RESOLV_CONF))
+    if config.hosts_text is not None or config.add_hosts:
+        base = config.hosts_text if config.hosts_text is not None else _read(HOST_HOSTS)
+        binds.append((_write(scratch, "hosts", dnsfiles.render_hosts(base, list(config.add_hosts))), HOST_HOSTS))
+    ruleset = dnsfiles.render_dns_forcing(list(config.dns)) if config.dns else None
+    return SetupPlan(binds=tuple(binds), nft_path=nft, nft_ruleset=ruleset, resolvers=tuple(resolvers))
+
+
+def apply(plan: SetupPlan) -> None:
+    """In the sandbox's init, as its root: mounts, then the firewall."""
+    for source, target in plan.binds:
+        # /etc/resolv.conf is often a symlink (systemd-resolved): cover the
+        # file it points to, in this mount namespace only.
+        real = os.path.realpath(target)
+        if not os.path.isfile(real):
+            raise NetwrapError(f"cannot replace {target}: {real} does not exist")
+        linux.mount(source, real, None, linux.MS_BIND)
+    if plan.nft_ruleset:
+        run([plan.nft_path or "nft", "-f", "-"], input=plan.nft_ruleset)
