@@ -13,7 +13,7 @@ not ship. ``--backend auto`` tries AUTO_ORDER and takes the first available.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -63,6 +63,9 @@ class Target:
     # it (as /proc/self/fd/N) needs no ptrace access to the holder process,
     # which a root helper that drops capabilities no longer has.
     netns_fd: int
+    # Setup-time calls into the sandbox (netwrap.sandbox_calls.SandboxCalls):
+    # open a TUN there, create sockets in its netns, run nft/ip/tc as its root.
+    calls: Any = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)

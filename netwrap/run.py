@@ -22,6 +22,7 @@ from netwrap.config import Config
 from netwrap.control import Channel, ChannelClosed, SandboxError
 from netwrap.errors import NetwrapError
 from netwrap.external import wait_pid
+from netwrap.sandbox_calls import SandboxCalls
 from netwrap.scratch import make_private_dir, remove_private_dir
 from netwrap.sandbox_side import FORWARDED, exit_code, holder_main
 
@@ -69,7 +70,7 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
         holder_pid = int(msg["holder_pid"])
         netns_fd = os.open(f"/proc/{holder_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         stack.callback(os.close, netns_fd)
-        target = Target(pid=holder_pid, rootful=config.rootful, netns_fd=netns_fd)
+        target = Target(pid=holder_pid, rootful=config.rootful, netns_fd=netns_fd, calls=SandboxCalls(ours))
 
         handle = backend.start(target, config, probe)
         stack.callback(handle.stop)

@@ -25,7 +25,7 @@ import signal
 import sys
 import traceback
 
-from netwrap import frontend, linux
+from netwrap import frontend, linux, sandbox_calls
 from netwrap.config import Config
 from netwrap.errors import NetwrapError
 from netwrap.control import Channel, ChannelClosed
@@ -124,7 +124,9 @@ def init_main(config: Config, chan: Channel, holder_pid: int) -> None:
         _fail(chan, f"cannot mount /proc in the sandbox: {exc.strerror}")
 
     try:
-        msg, _ = chan.expect("backend-ready")
+        # Until the backend is ready, the parent may ask init to act in here
+        # (open a TUN, create listeners, run nft): see sandbox_calls.
+        msg = sandbox_calls.serve_until(chan, "backend-ready")
     except ChannelClosed:
         os._exit(EXIT_SETUP_FAILED)
     try:
