@@ -44,6 +44,7 @@ from .packets import (
     Packet,
     build_icmp_unreachable,
     build_tcp_rst,
+    endpoint_deltas,
     is_unicast,
     parse_frame,
     rewrite_endpoints,
@@ -184,7 +185,7 @@ class TcpFlow:
     """
 
     __slots__ = ("id", "src", "sport", "dst", "dport", "fake", "fport", "laddr", "lport",
-                 "target", "tport", "state", "fin", "last", "held", "held_vnet")
+                 "target", "tport", "state", "fin", "last", "held", "held_vnet", "d_out", "d_in")
 
     def __repr__(self) -> str:
         return (f"<TcpFlow #{self.id} {_fmt(self.src, self.sport)}->{_fmt(self.dst, self.dport)}"
@@ -212,7 +213,8 @@ class TcpNat:
         self.config = config
         self.counters = counters if counters is not None else Counters()
         self._policy = policy
-        self._listener = {4: config.listener4, 6: config.listener6}
+        # indexed by IP version: a list index is cheaper than a dict lookup
+        self._listener = [None, None, None, None, config.listener4, None, config.listener6]
         self._pool = {4: config.pool4, 6: config.pool6}
         self._cursor = {4: 0, 6: 0}
         self._by_child: dict[tuple, TcpFlow] = {}
@@ -258,7 +260,7 @@ class TcpNat:
     # -- per-packet path ---------------------------------------------------
     def is_inbound(self, pkt: Packet) -> bool:
         """True for a packet the listener sent (towards a fake peer)."""
-        lst = self._listener.get(pkt.version)
+        lst = self._listener[pkt.version]
         return lst is not None and pkt.sport == lst[1] and pkt.src == lst[0]
 
     def rewrite(self, pkt: Packet, now: float):
@@ -286,7 +288,7 @@ class TcpNat:
             self._remove(flow)  # the app reuses the port: a new connection
             return self._open(pkt, key, now)
         self._track(flow, flags, 1, now)
-        return rewrite_endpoints(pkt, flow.fake, flow.fport, flow.laddr, flow.lport)
+        return rewrite_endpoints(pkt, flow.fake, flow.fport, flow.laddr, flow.lport, flow.d_out)
 
     def rewrite_inbound(self, pkt: Packet, now: float):
         """Listener -> app.  Returns a frame or a Drop."""
@@ -294,7 +296,7 @@ class TcpNat:
         if flow is None or flow.state == PENDING or pkt.sport != flow.lport or pkt.src != flow.laddr:
             return self._no_flow(pkt)
         self._track(flow, pkt.tcp_flags, 2, now)
-        return rewrite_endpoints(pkt, flow.dst, flow.dport, flow.src, flow.sport)
+        return rewrite_endpoints(pkt, flow.dst, flow.dport, flow.src, flow.sport, flow.d_in)
 
     def _track(self, flow: TcpFlow, flags: int, bit: int, now: float) -> None:
         flow.last = now
@@ -327,7 +329,7 @@ class TcpNat:
 
     def _open(self, pkt: Packet, key: tuple, now: float):
         cfg = self.config
-        lst = self._listener.get(pkt.version)
+        lst = self._listener[pkt.version]
         if lst is None:
             return D_NO_LISTENER
         if pkt.dst == lst[0] or not (is_unicast(pkt.dst) and is_unicast(pkt.src)):
@@ -360,6 +362,9 @@ class TcpNat:
         flow.target, flow.tport = verdict.target or (pkt.dst, pkt.dport)
         flow.fin = 0
         flow.last = now
+        # Checksum deltas are fixed per direction: computed once, here.
+        flow.d_out = endpoint_deltas(*key, *fake, *lst)
+        flow.d_in = (-flow.d_out[0], -flow.d_out[1])
         self._by_child[key] = flow
         self._by_fake[fake] = flow
         if hold:
@@ -372,7 +377,7 @@ class TcpNat:
         flow.state = OPEN
         flow.held = None
         self._lru[OPEN][flow] = None
-        return rewrite_endpoints(pkt, flow.fake, flow.fport, flow.laddr, flow.lport)
+        return rewrite_endpoints(pkt, flow.fake, flow.fport, flow.laddr, flow.lport, flow.d_out)
 
     def _allocate(self, version: int) -> tuple[bytes, int] | None:
         """Next free fake endpoint, round robin over the whole pool space so
@@ -435,7 +440,7 @@ class TcpNat:
         flow.state = OPEN
         flow.last = now
         self._lru[OPEN][flow] = None
-        return rewrite_endpoints(pkt, flow.fake, flow.fport, flow.laddr, flow.lport)
+        return rewrite_endpoints(pkt, flow.fake, flow.fport, flow.laddr, flow.lport, flow.d_out)
 
     def failed(self, flow: TcpFlow, kind: str = "refused"):
         """The host-side connect failed.  ``kind``: "refused" (answered with

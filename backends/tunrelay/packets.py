@@ -31,7 +31,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from .checksum import checksum, csum_update, partial_update, pseudo_header_sum
+from .checksum import checksum, pseudo_header_sum
 from .counters import Drop, R
 from .vnet import (
     F_NEEDS_CSUM,
@@ -65,6 +65,7 @@ __all__ = [
     "is_unicast",
     "may_send_error",
     "rewrite_endpoints",
+    "endpoint_deltas",
     "MAX_EXT_HEADERS",
 ]
 
@@ -165,6 +166,11 @@ class Packet(NamedTuple):
         return self.proto == ICMPV6 and self.icmp_type < 128
 
 
+# NamedTuple.__new__ is a Python-level function; calling tuple.__new__ with
+# the field tuple directly builds the same object about 40% faster.
+_new = tuple.__new__
+
+
 def parse_frame(frame, vnet: bool = True) -> Packet | Drop:
     """Parse one TUN frame: a virtio_net_hdr (if ``vnet``) then an IP packet."""
     try:
@@ -185,7 +191,7 @@ def _parse(frame, off: int) -> Packet | Drop:
     n = len(mv)
     if n < off + 20:
         return D_TRUNCATED
-    hdr = VnetHdr._make(_VNET.unpack_from(mv, 0)) if off else None
+    hdr = _new(VnetHdr, _VNET.unpack_from(mv, 0)) if off else None
     version = mv[off] >> 4
     if version == 4:
         vihl, _tos, tot, _id, frag, _ttl, proto, _ck, src, dst = _V4.unpack_from(mv, off)
@@ -254,8 +260,8 @@ def _parse_l4(mv, off, version, proto, src, dst, l4, end, hdr) -> Packet | Drop:
         if hdr is not None and (hdr.flags or hdr.gso_type):
             if not _vnet_ok(hdr, l4 - off, 16, GSO_TCPV4 if version == 4 else GSO_TCPV6):
                 return D_BAD_VNET
-        return Packet(mv, off, version, TCP, src, dst, l4, l4 + thl, end,
-                      sport, dport, offflags & 0x1FF, seq, ack, 0, 0, hdr)
+        return _new(Packet, (mv, off, version, TCP, src, dst, l4, l4 + thl, end,
+                             sport, dport, offflags & 0x1FF, seq, ack, 0, 0, hdr))
     if proto == UDP:
         if avail < 8:
             return D_TRUNCATED
@@ -270,16 +276,16 @@ def _parse_l4(mv, off, version, proto, src, dst, l4, end, hdr) -> Packet | Drop:
         # the kernel writes the length of the whole thing, so it agrees too.
         if ulen != avail:
             return D_BAD_LENGTH
-        return Packet(mv, off, version, UDP, src, dst, l4, l4 + 8, end,
-                      sport, dport, 0, 0, 0, 0, 0, hdr)
+        return _new(Packet, (mv, off, version, UDP, src, dst, l4, l4 + 8, end,
+                             sport, dport, 0, 0, 0, 0, 0, hdr))
     if (proto == ICMP and version == 4) or (proto == ICMPV6 and version == 6):
         if avail < 8:
             return D_TRUNCATED
         if hdr is not None and hdr.gso_type:
             return D_BAD_VNET
         itype, code, _ck, ident, seq = _ICMP.unpack_from(mv, l4)
-        return Packet(mv, off, version, proto, src, dst, l4, l4 + 8, end,
-                      ident, 0, 0, seq, 0, itype, code, hdr)
+        return _new(Packet, (mv, off, version, proto, src, dst, l4, l4 + 8, end,
+                             ident, 0, 0, seq, 0, itype, code, hdr))
     return D_UNSUPPORTED
 
 
@@ -321,17 +327,34 @@ def is_unicast(addr: bytes) -> bool:
 # Rewriting (the NAT's per-packet work)
 
 _PORTS = struct.Struct("!HH")
+_V4_CK_ADDRS = struct.Struct("!H4s4s")  # header checksum, then both addresses
+_V6_ADDRS = struct.Struct("!16s16s")
 _from_bytes = int.from_bytes
 
 
-def rewrite_endpoints(pkt: Packet, src: bytes, sport: int, dst: bytes, dport: int):
+def endpoint_deltas(old_src: bytes, old_sport: int, old_dst: bytes, old_dport: int,
+                    src: bytes, sport: int, dst: bytes, dport: int) -> tuple[int, int]:
+    """(address delta, address+port delta) of a rewrite, for RFC 1624.
+
+    These are the m' - m of eqn. 3 summed over the changed words.  They
+    depend only on the old and new endpoints, so the NAT computes them once
+    per flow and direction instead of once per packet.
+    """
+    da = (_from_bytes(src, "big") + _from_bytes(dst, "big")
+          - _from_bytes(old_src, "big") - _from_bytes(old_dst, "big"))
+    return da, da + sport + dport - old_sport - old_dport
+
+
+def rewrite_endpoints(pkt: Packet, src: bytes, sport: int, dst: bytes, dport: int,
+                      deltas: tuple[int, int] | None = None):
     """Return ``pkt``'s frame with new addresses and ports (TCP or UDP).
 
     Works in place when the frame is writable (a bytearray the I/O layer
     read into, then wrote back: no copy at all); otherwise copies once.
     The result is the whole frame, vnet header included, cut at the end of
     the IP packet, ready to write to the TUN.  ``src``/``dst`` must have the
-    packet's address length.
+    packet's address length.  ``deltas``, if given, must be
+    :func:`endpoint_deltas` of exactly the packet's endpoints and the new ones.
 
     Checksums follow RFC 1624 eqn. 3 with the difference of the old and new
     words, so the cost does not depend on the payload size.  The IPv4
@@ -339,34 +362,34 @@ def rewrite_endpoints(pkt: Packet, src: bytes, sport: int, dst: bytes, dport: in
     addresses (pseudo-header) and ports, except when it is partial
     (NEEDS_CSUM): then it holds the pseudo-header sum only and the ports are
     summed by the kernel later.  A UDP/IPv4 checksum of 0 ("none") stays 0.
+    The arithmetic of checksum.csum_update is inlined: this is the hottest
+    path of the relay, and a call costs as much as the arithmetic.
     """
+    if deltas is None:
+        deltas = endpoint_deltas(pkt.src, pkt.sport, pkt.dst, pkt.dport, src, sport, dst, dport)
+    da, dfull = deltas
     f = pkt.frame
     end = pkt.end
     if f.readonly:
-        f = memoryview(bytearray(f[:end]))
+        f = bytearray(f[:end])  # struct.pack_into writes into it directly
     elif end != len(f):
         f = f[:end]
     o = pkt.off
-    l4 = pkt.l4
-    da = (_from_bytes(src, "big") + _from_bytes(dst, "big")
-          - _from_bytes(pkt.src, "big") - _from_bytes(pkt.dst, "big"))
     if pkt.version == 4:
-        f[o + 12:o + 16] = src
-        f[o + 16:o + 20] = dst
-        _U16.pack_into(f, o + 10, csum_update(_U16.unpack_from(f, o + 10)[0], da))
+        r = (0xFFFF - _U16.unpack_from(f, o + 10)[0] + da) % 0xFFFF
+        _V4_CK_ADDRS.pack_into(f, o + 10, 0xFFFF - r if r else 0, src, dst)
     else:
-        f[o + 8:o + 24] = src
-        f[o + 24:o + 40] = dst
+        _V6_ADDRS.pack_into(f, o + 8, src, dst)
+    l4 = pkt.l4
     udp = pkt.proto == UDP
     co = l4 + (6 if udp else 16)
     ck = _U16.unpack_from(f, co)[0]
     v = pkt.vnet
     if v is not None and v.flags & F_NEEDS_CSUM:
-        ck = partial_update(ck, da)
+        ck = (ck + da) % 0xFFFF or 0xFFFF  # checksum.partial_update
     elif not (udp and ck == 0 and pkt.version == 4):
-        ck = csum_update(ck, da + sport + dport - pkt.sport - pkt.dport)
-        if udp and ck == 0:
-            ck = 0xFFFF
+        r = (0xFFFF - ck + dfull) % 0xFFFF  # checksum.csum_update
+        ck = 0xFFFF - r if r else (0xFFFF if udp else 0)  # UDP sends 0 as 0xFFFF
     _PORTS.pack_into(f, l4, sport, dport)
     _U16.pack_into(f, co, ck)
     return f

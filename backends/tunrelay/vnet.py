@@ -41,6 +41,20 @@ __all__ = [
     "csum_header",
     "PLAIN",
     "PLAIN_HDR",
+    "IFF_TUN",
+    "IFF_NO_PI",
+    "IFF_VNET_HDR",
+    "TUNSETIFF",
+    "TUNSETOFFLOAD",
+    "TUNSETVNETHDRSZ",
+    "TUNSETVNETLE",
+    "TUN_F_CSUM",
+    "TUN_F_TSO4",
+    "TUN_F_TSO6",
+    "TUN_F_TSO_ECN",
+    "TUN_F_UFO",
+    "TUN_F_USO4",
+    "TUN_F_USO6",
 ]
 
 VNET_HDR_LEN = 10
