@@ -11,7 +11,7 @@ import pytest
 from netwrap import dnsfiles
 from netwrap.errors import UsageError
 
-GOLDEN = pathlib.Path(__file__).parent / "golden"
+GOLDEN = pathlib.Path(__file__).parent / "golden_dns"
 
 
 @pytest.mark.parametrize("value, expected", [
