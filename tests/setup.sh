@@ -5,7 +5,7 @@
 #   - /dev/net/tun usable by unprivileged users (0666, as most distros ship it)
 #   - the venv /opt/netwrap-venv from Debian's /usr/bin/python3: the test user
 #     must be able to run the interpreter, which rules out one under /root
-#   - netwrap (editable) and its test dependencies in that venv
+#   - netwrap (editable) and its test and benchmark dependencies in that venv
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -50,4 +50,4 @@ fi
 if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
     /usr/bin/python3 -m venv --clear "$VENV"
 fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test]' </dev/null
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,bench]' </dev/null
