@@ -18,19 +18,18 @@ unless the user asks for --allow-host-loopback.
 
 from __future__ import annotations
 
-import collections
 import os
 import select
-import signal
 import time
 
 from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
     NetworkInfo, Probe, Target,
 )
+from netwrap.backends.helper_process import HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
 from netwrap.errors import NetwrapError
-from netwrap.external import CommandError, spawn_helper, wait_pid, which
+from netwrap.external import which
 from netwrap.scratch import make_private_dir, remove_private_dir
 
 # The sandbox's resolver: pasta answers DNS sent here by forwarding it to the
@@ -101,14 +100,12 @@ def _packaged_version(package: str) -> str | None:
 class PastaHandle:
     """A running pasta, owned by the netwrap parent."""
 
-    def __init__(self, *, pid: int, output_fd: int, fifo_fd: int, workdir: str, argv: list[str]) -> None:
-        self.pid: int | None = pid
-        self.argv = argv
-        self._output_fd: int | None = output_fd
+    def __init__(self, *, process: HelperProcess, fifo_fd: int, workdir: str) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.argv = process.argv
         self._fifo_fd: int | None = fifo_fd
         self._workdir = workdir
-        self._output: collections.deque[bytes] = collections.deque(maxlen=64)
-        self._status: int | None = None
 
     @classmethod
     def start(cls, argv_template: list[str], pass_fds: list[int]) -> "PastaHandle":
@@ -117,20 +114,16 @@ class PastaHandle:
             fifo = os.path.join(workdir, "pid")
             os.mkfifo(fifo, 0o600)
             fifo_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-            argv = [fifo if a == "{pidfile}" else a for a in argv_template]
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
             try:
-                pid = spawn_helper(argv, output_fd=out_w, pass_fds=pass_fds)
-            finally:
-                os.close(out_w)
-        except CommandError as exc:
-            remove_private_dir(workdir)
-            raise NetwrapError(f"could not start pasta: {exc}") from None
+                argv = [fifo if a == "{pidfile}" else a for a in argv_template]
+                process = HelperProcess("pasta", argv, pass_fds=pass_fds, is_diagnostic=_is_diagnostic)
+            except BaseException:
+                os.close(fifo_fd)
+                raise
         except BaseException:
             remove_private_dir(workdir)
             raise
-        os.set_blocking(out_r, False)
-        return cls(pid=pid, output_fd=out_r, fifo_fd=fifo_fd, workdir=workdir, argv=argv)
+        return cls(process=process, fifo_fd=fifo_fd, workdir=workdir)
 
     def wait_ready(self, timeout: float) -> NetworkInfo:
         deadline = time.monotonic() + timeout
@@ -138,60 +131,33 @@ class PastaHandle:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.stop()
-                raise NetwrapError(f"pasta did not become ready within {timeout:g} s{self._tail()}")
-            fds = [fd for fd in (self._fifo_fd, self._output_fd) if fd is not None]
+                raise NetwrapError(f"pasta did not become ready within {timeout:g} s{self.process.tail()}")
+            fds = [fd for fd in (self._fifo_fd, self.process.fileno()) if fd is not None]
             readable, _, _ = select.select(fds, [], [], remaining)
-            if self._output_fd in readable:
-                self.on_readable()
-            if self._fifo_fd in readable:
-                if os.read(self._fifo_fd, 64).strip():
-                    self._close_fifo()
-                    return NetworkInfo(dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
-            if self._output_fd is None:  # EOF: pasta is gone
-                status = self._reap(block=True)
-                raise NetwrapError(f"pasta exited ({_describe(status)}) before it was ready{self._tail()}")
+            if self.process.fileno() in readable:
+                self.process.on_readable()
+            if self._fifo_fd in readable and os.read(self._fifo_fd, 64).strip():
+                self._close_fifo()
+                return NetworkInfo(dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
+            if self.process.fileno() is None:  # EOF: pasta is gone
+                error = self.process.failed_before_ready()
+                self.stop()
+                raise error
 
     def fileno(self) -> int | None:
-        return self._output_fd
+        return self.process.fileno()
 
     def on_readable(self) -> None:
-        """Drain pasta's output so it never blocks on a full pipe."""
-        if self._output_fd is None:
-            return
-        try:
-            while True:
-                chunk = os.read(self._output_fd, 65536)
-                if not chunk:
-                    os.close(self._output_fd)
-                    self._output_fd = None
-                    return
-                self._output.append(chunk)
-        except BlockingIOError:
-            return
+        self.process.on_readable()
 
     def poll(self) -> int | None:
-        return self._reap(block=False)
+        return self.process.poll()
 
     def diagnostics(self) -> str:
-        text = b"".join(self._output).decode(errors="replace")
-        return "\n".join(line for line in text.splitlines() if "to syslog" not in line and line.strip())
+        return self.process.diagnostics()
 
     def stop(self, timeout: float = 2.0) -> None:
-        if self.pid is not None and self._reap(block=False) is None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            status = wait_pid(self.pid, timeout)
-            if status is not None:
-                self._status = status
-            else:
-                os.kill(self.pid, signal.SIGKILL)
-                self._reap(block=True)
-        self.on_readable()
-        if self._output_fd is not None:
-            os.close(self._output_fd)
-            self._output_fd = None
+        self.process.stop(timeout)
         self._close_fifo()
         remove_private_dir(self._workdir)
 
@@ -200,24 +166,7 @@ class PastaHandle:
             os.close(self._fifo_fd)
             self._fifo_fd = None
 
-    def _reap(self, *, block: bool) -> int | None:
-        if self._status is None and self.pid is not None:
-            try:
-                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self.pid, 0
-            if pid:
-                self._status = status
-        return self._status
 
-    def _tail(self) -> str:
-        text = self.diagnostics()
-        return f": {text.splitlines()[-1]}" if text else ""
-
-
-def _describe(status: int | None) -> str:
-    if status is None:
-        return "still running"
-    if os.WIFSIGNALED(status):
-        return f"killed by signal {os.WTERMSIG(status)}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"
+def _is_diagnostic(line: str) -> bool:
+    # Some builds print "Failed to send N bytes to syslog" around each line.
+    return bool(line.strip()) and "to syslog" not in line

@@ -33,11 +33,9 @@ sandbox uses slirp's DNS, the sandbox is left off rather than break DNS.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import select
-import signal
 import socket
 import time
 
@@ -45,9 +43,10 @@ from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
     NetworkInfo, Probe, Target,
 )
+from netwrap.backends.helper_process import HelperProcess
 from netwrap.backends.probing import probe_binary
 from netwrap.errors import NetwrapError
-from netwrap.external import CommandError, debug, spawn_helper, wait_pid, which
+from netwrap.external import debug, which
 from netwrap.scratch import make_private_dir, remove_private_dir
 
 TAP = "tap0"
@@ -228,19 +227,17 @@ def host_has_v6_resolver(resolv_conf: str = RESOLV_CONF) -> bool:
 class Slirp4netnsHandle:
     """A running slirp4netns, owned by the netwrap parent."""
 
-    def __init__(self, *, pid: int, argv: list[str], output_fd: int, ready_fd: int, exit_fd: int,
-                 workdir: str, api_socket: str, target: Target, ipv6: bool) -> None:
-        self.pid: int | None = pid
-        self.argv = argv
+    def __init__(self, *, process: HelperProcess, ready_fd: int, exit_fd: int, workdir: str, api_socket: str,
+                 target: Target, ipv6: bool) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.argv = process.argv
         self.api_socket = api_socket
-        self._output_fd: int | None = output_fd
         self._ready_fd: int | None = ready_fd
         self._exit_fd: int | None = exit_fd
         self._workdir = workdir
         self._target = target
         self._ipv6 = ipv6
-        self._output: collections.deque[bytes] = collections.deque(maxlen=64)
-        self._status: int | None = None
 
     @classmethod
     def start(cls, backend: Slirp4netnsBackend, target: Target, config, probe: Probe, *,
@@ -255,26 +252,18 @@ class Slirp4netnsHandle:
             exit_r, exit_w = os.pipe2(os.O_CLOEXEC)
             ours.append(exit_w)
             theirs.append(exit_r)
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            ours.append(out_r)
-            theirs.append(out_w)
             api_socket = os.path.join(workdir, "api.sock")
             argv = backend.argv(target, config, probe, ready_fd=ready_w, exit_fd=exit_r, api_socket=api_socket,
                                 ipv6=ipv6, sandbox=sandbox)
             pass_fds = [ready_w, exit_r] + ([target.netns_fd] if target.rootful else [])
-            pid = spawn_helper(argv, output_fd=out_w, pass_fds=pass_fds)
-        except CommandError as exc:
-            _close_all(ours)
-            remove_private_dir(workdir)
-            raise NetwrapError(f"could not start slirp4netns: {exc}") from None
+            process = HelperProcess("slirp4netns", argv, pass_fds=pass_fds, is_diagnostic=_is_diagnostic)
         except BaseException:
             _close_all(ours)
             remove_private_dir(workdir)
             raise
         finally:
             _close_all(theirs)  # slirp4netns has its copies; EOF must mean it is gone
-        os.set_blocking(out_r, False)
-        return cls(pid=pid, argv=argv, output_fd=out_r, ready_fd=ready_r, exit_fd=exit_w, workdir=workdir,
+        return cls(process=process, ready_fd=ready_r, exit_fd=exit_w, workdir=workdir,
                    api_socket=api_socket, target=target, ipv6=ipv6)
 
     def wait_ready(self, timeout: float) -> NetworkInfo:
@@ -283,11 +272,11 @@ class Slirp4netnsHandle:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 self.stop()
-                raise NetwrapError(f"slirp4netns did not become ready within {timeout:g} s{self._tail()}")
-            fds = [fd for fd in (self._ready_fd, self._output_fd) if fd is not None]
+                raise NetwrapError(f"slirp4netns did not become ready within {timeout:g} s{self.process.tail(3)}")
+            fds = [fd for fd in (self._ready_fd, self.process.fileno()) if fd is not None]
             readable, _, _ = select.select(fds, [], [], remaining)
-            if self._output_fd in readable:
-                self.on_readable()
+            if self.process.fileno() in readable:
+                self.process.on_readable()
             if self._ready_fd in readable:
                 ready = os.read(self._ready_fd, 16)
                 os.close(self._ready_fd)
@@ -318,48 +307,23 @@ class Slirp4netnsHandle:
             raise
 
     def _fail_before_ready(self) -> None:
-        # Its last words may still be in flight: read until its output closes.
-        status = self.wait_exit(2.0)
+        error = self.process.failed_before_ready()
         self.stop()
-        raise NetwrapError(f"slirp4netns exited ({_describe(status)}) before it was ready{self._tail()}")
-
-    def wait_exit(self, timeout: float) -> int | None:
-        """Drain output until slirp4netns ends or `timeout`; its wait status."""
-        deadline = time.monotonic() + timeout
-        while self._output_fd is not None and time.monotonic() < deadline:
-            if select.select([self._output_fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                self.on_readable()
-        if self.pid is not None and self._status is None:
-            status = wait_pid(self.pid, max(0.0, deadline - time.monotonic()))
-            if status is not None:
-                self._status = status
-        return self._status
+        raise error
 
     def fileno(self) -> int | None:
-        return self._output_fd
+        return self.process.fileno()
 
     def on_readable(self) -> None:
         """Drain slirp4netns's output (it logs every API call) so it never blocks."""
-        if self._output_fd is None:
-            return
-        try:
-            while True:
-                chunk = os.read(self._output_fd, 65536)
-                if not chunk:
-                    os.close(self._output_fd)
-                    self._output_fd = None
-                    return
-                self._output.append(chunk)
-        except BlockingIOError:
-            return
+        self.process.on_readable()
 
     def poll(self) -> int | None:
-        return self._reap(block=False)
+        return self.process.poll()
 
     def diagnostics(self) -> str:
         """Its output less the banner, progress lines and usage text."""
-        text = b"".join(self._output).decode(errors="replace")
-        return "\n".join(line.strip() for line in text.splitlines() if _is_diagnostic(line))
+        return self.process.diagnostics()
 
     def publish(self, proto: str, host_port: int, guest_port: int, host_addr: str = "0.0.0.0") -> int:
         """Forward host_addr:host_port on the host to the sandbox's guest_port; the rule's id."""
@@ -395,40 +359,17 @@ class Slirp4netnsHandle:
 
     def stop(self, timeout: float = 2.0) -> None:
         # Closing the exit fd is slirp4netns's own way to stop; then force.
+        self.process.stop(timeout, graceful=self._close_exit_fd)
+        self._close_exit_fd()
+        if self._ready_fd is not None:
+            os.close(self._ready_fd)
+            self._ready_fd = None
+        remove_private_dir(self._workdir)
+
+    def _close_exit_fd(self) -> None:
         if self._exit_fd is not None:
             os.close(self._exit_fd)
             self._exit_fd = None
-        if self.pid is not None and self._reap(block=False) is None:
-            status = wait_pid(self.pid, timeout)
-            if status is not None:
-                self._status = status
-            else:
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self._reap(block=True)
-        self.on_readable()
-        for name in ("_output_fd", "_ready_fd"):
-            fd = getattr(self, name)
-            if fd is not None:
-                os.close(fd)
-                setattr(self, name, None)
-        remove_private_dir(self._workdir)
-
-    def _reap(self, *, block: bool) -> int | None:
-        if self._status is None and self.pid is not None:
-            try:
-                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-            except ChildProcessError:
-                pid, status = self.pid, 0
-            if pid:
-                self._status = status
-        return self._status
-
-    def _tail(self) -> str:
-        lines = self.diagnostics().splitlines()
-        return ": " + "; ".join(lines[-3:]) if lines else ""
 
 
 # slirp4netns's normal chatter, which says nothing about a failure.
@@ -448,11 +389,3 @@ def _close_all(fds: list[int]) -> None:
         except OSError:
             pass
     fds.clear()
-
-
-def _describe(status: int | None) -> str:
-    if status is None:
-        return "still running"
-    if os.WIFSIGNALED(status):
-        return f"killed by signal {os.WTERMSIG(status)}"
-    return f"exit status {os.waitstatus_to_exitcode(status)}"

@@ -1,0 +1,128 @@
+"""A backend's helper program (pasta, slirp4netns), as the netwrap parent owns it.
+
+Spawned through netwrap.external.spawn_helper (own session, PDEATHSIG, clean
+signals); its combined stdout+stderr is drained into a bounded buffer so it
+never blocks on a full pipe, and kept for diagnostics. Stopping is the
+helper's own graceful way first, a deadline, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import select
+import signal
+import time
+from typing import Callable, Sequence
+
+from netwrap.errors import NetwrapError
+from netwrap.external import CommandError, spawn_helper, wait_pid
+
+
+def describe(status: int | None) -> str:
+    if status is None:
+        return "still running"
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
+
+
+class HelperProcess:
+    def __init__(self, name: str, argv: Sequence[str], *, pass_fds: Sequence[int] = (),
+                 is_diagnostic: Callable[[str], bool] = lambda line: bool(line.strip())) -> None:
+        """Start it; raises NetwrapError naming `name` if it cannot be exec'd."""
+        self.name = name
+        self.argv = list(argv)
+        self._is_diagnostic = is_diagnostic
+        self._output: collections.deque[bytes] = collections.deque(maxlen=64)
+        self._status: int | None = None
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            self.pid: int | None = spawn_helper(self.argv, output_fd=out_w, pass_fds=pass_fds)
+        except CommandError as exc:
+            os.close(out_r)
+            raise NetwrapError(f"could not start {name}: {exc}") from None
+        finally:
+            os.close(out_w)  # the helper has its copy: EOF means it is gone
+        os.set_blocking(out_r, False)
+        self._output_fd: int | None = out_r
+
+    def fileno(self) -> int | None:
+        return self._output_fd
+
+    def on_readable(self) -> None:
+        if self._output_fd is None:
+            return
+        try:
+            while True:
+                chunk = os.read(self._output_fd, 65536)
+                if not chunk:
+                    os.close(self._output_fd)
+                    self._output_fd = None
+                    return
+                self._output.append(chunk)
+        except BlockingIOError:
+            return
+
+    def poll(self) -> int | None:
+        return self._reap(block=False)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Drain output until the helper ends or `timeout`; its wait status."""
+        deadline = time.monotonic() + timeout
+        while self._output_fd is not None and time.monotonic() < deadline:
+            if select.select([self._output_fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                self.on_readable()
+        if self.pid is not None and self._status is None:
+            status = wait_pid(self.pid, max(0.0, deadline - time.monotonic()))
+            if status is not None:
+                self._status = status
+        return self._status
+
+    def diagnostics(self) -> str:
+        text = b"".join(self._output).decode(errors="replace")
+        return "\n".join(line.strip() for line in text.splitlines() if self._is_diagnostic(line))
+
+    def tail(self, lines: int = 1) -> str:
+        """The last diagnostic lines, as ': a; b' for an error message, or ''."""
+        found = self.diagnostics().splitlines()
+        return ": " + "; ".join(found[-lines:]) if found else ""
+
+    def failed_before_ready(self) -> NetwrapError:
+        """The error for a helper that ended before it was ready (read its last words first)."""
+        status = self.wait_exit(2.0)
+        return NetwrapError(f"{self.name} exited ({describe(status)}) before it was ready{self.tail(3)}")
+
+    def stop(self, timeout: float = 2.0, *, graceful: Callable[[], None] | None = None) -> None:
+        """graceful() (default SIGTERM), wait up to `timeout`, then SIGKILL. Idempotent."""
+        if self.pid is not None and self._reap(block=False) is None:
+            if graceful is not None:
+                graceful()
+            else:
+                try:
+                    os.kill(self.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            status = wait_pid(self.pid, timeout)
+            if status is not None:
+                self._status = status
+            else:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self._reap(block=True)
+        self.on_readable()
+        if self._output_fd is not None:
+            os.close(self._output_fd)
+            self._output_fd = None
+
+    def _reap(self, *, block: bool) -> int | None:
+        if self._status is None and self.pid is not None:
+            try:
+                pid, status = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                pid, status = self.pid, 0
+            if pid:
+                self._status = status
+        return self._status
