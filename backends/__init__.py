@@ -30,7 +30,8 @@ CAP_IPV4 = "ipv4"
 CAP_IPV6 = "ipv6"
 CAP_TCP = "tcp"
 CAP_UDP = "udp"
-CAP_ICMP = "icmp"
+CAP_ICMP = "icmp"  # ICMP echo over IPv4
+CAP_ICMP6 = "icmp6"  # ICMPv6 echo
 CAP_PUBLISH = "publish"
 CAP_OUTBOUND_INTERFACE = "outbound-interface"
 CAP_HOST_LOOPBACK = "host-loopback"  # can open host loopback on request
@@ -139,6 +140,25 @@ def get(name: str) -> Backend:
         known = ", ".join(["auto", *names()])
         raise UsageError(f"unknown backend {name!r} (known: {known})")
     return ep.load()()  # type: ignore[attr-defined]
+
+
+def required_capabilities(config: "Config") -> dict[str, str]:
+    """Capability -> the option that needs it, for this run's options."""
+    needed: dict[str, str] = {}
+    if config.allow_host_loopback:
+        needed[CAP_HOST_LOOPBACK] = "--allow-host-loopback"
+    if any(":" in resolver for resolver in config.dns):
+        needed[CAP_IPV6] = f"--dns {next(r for r in config.dns if ':' in r)}"
+    return needed
+
+
+def check_capabilities(backend: Backend, config: "Config") -> None:
+    """Refuse, before anything starts, an option the backend cannot honour."""
+    for capability, option in required_capabilities(config).items():
+        if capability not in backend.capabilities:
+            others = [n for n in BUILTIN if n != backend.name]
+            raise NetwrapError(f"{option} needs {capability}, which backend {backend.name} lacks here"
+                               + (f" (see 'netwrap backends'; try --backend {' or '.join(others)})" if others else ""))
 
 
 def select(name: str) -> tuple[Backend, Probe]:

@@ -23,7 +23,7 @@ import select
 import time
 
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
     NetworkInfo, Probe, Target,
 )
 from netwrap.backends.helper_process import HelperProcess
@@ -44,7 +44,7 @@ class PastaBackend:
     name = "pasta"
     package = "passt"
     capabilities = frozenset({
-        CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_ICMP, CAP_PUBLISH, CAP_OUTBOUND_INTERFACE, CAP_HOST_LOOPBACK,
+        CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_ICMP, CAP_ICMP6, CAP_PUBLISH, CAP_OUTBOUND_INTERFACE, CAP_HOST_LOOPBACK,
     })
 
     def probe(self) -> Probe:

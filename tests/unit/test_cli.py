@@ -111,3 +111,20 @@ def test_help_does_not_load_slow_dependencies():
     assert "netwrap.cli" in imported  # the check itself works
     for name in SLOW:
         assert not {m for m in imported if m == name or m.startswith(name + ".")}, name
+
+
+class _FakeBackend:
+    name = "fake"
+    capabilities = frozenset({"ipv4", "tcp"})
+
+
+def test_options_map_to_capabilities_and_missing_ones_are_refused():
+    from netwrap import backends
+    from netwrap.errors import NetwrapError
+
+    config = cli.parse(["--allow-host-loopback", "-d", "2001:db8::53", "-d", "192.0.2.53", "true"])
+    assert backends.required_capabilities(config) == {"host-loopback": "--allow-host-loopback",
+                                                      "ipv6": "--dns 2001:db8::53"}
+    with pytest.raises(NetwrapError, match="--allow-host-loopback needs host-loopback, which backend fake lacks"):
+        backends.check_capabilities(_FakeBackend(), config)
+    backends.check_capabilities(_FakeBackend(), cli.parse(["-d", "192.0.2.53", "true"]))  # nothing needed

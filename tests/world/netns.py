@@ -68,6 +68,9 @@ def configure(host: str, inet: str) -> None:
     """Wire up the two (already added) namespaces; see the module docstring."""
     for name in (host, inet):
         _sysctl(name, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+    # Like a systemd host (50-default.conf): every user may open ICMP echo
+    # sockets, which is how a rootless backend relays the sandbox's ping.
+    _sysctl(host, "net.ipv4.ping_group_range=0 2147483647")
     # The peer is created straight in the internet namespace: moving an
     # interface would rebuild its IPv6 settings from different defaults.
     ip("-batch", "-", netns=host, stdin=(
