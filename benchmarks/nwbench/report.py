@@ -31,7 +31,7 @@ def table(results: list[Result]) -> str:
     out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in results:
         cells = (r.row, r.metric, _num(r.netwrap, r.unit), f"{_num(r.anchor, r.unit)} ({r.anchor_name})",
-                 _num(r.ratio), r.target, _met(r), _num(r.ceiling, r.unit) if r.ceiling_name else "–",
+                 "n/a" if r.ratio is None else f"{r.ratio:.3f}", r.target, _met(r), _num(r.ceiling, r.unit) if r.ceiling_name else "–",
                  _num(r.of_ceiling) if r.ceiling_name else "–", r.note.replace("|", "/"))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
@@ -96,8 +96,9 @@ def write_chart(path: Path, meta: dict[str, Any], measurements: Measurements) ->
         else:
             ax.set_title(f"round trip ({unit}, lower is better)")
         ax.margins(y=0.15)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(f"netwrap benchmarks {meta['timestamp']} ({meta['reps']} reps x {meta['seconds']:g} s, medians)")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))  # room for the legend under the panels
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -98,16 +98,15 @@ def extra_rows() -> list[RowSpec]:
     return []
 
 
-def _note(*measurements: Any) -> str:
-    notes = []
-    for m in measurements:
-        if m is None:
-            continue
-        if m.errors:
-            notes.append(f"{m.path}: {len(m.errors)} failed")
-        if m.spread is not None and m.spread > 1.5:
-            notes.append(f"{m.path}: noisy (max/min {m.spread:.1f})")
-    return "; ".join(notes)
+NOISY_SPREAD = 1.5  # max/min of a path's samples above which the row says so
+
+
+def _note(roles: dict[str, Any]) -> str:
+    failed = [f"{role} {len(m.errors)}" for role, m in roles.items() if m is not None and m.errors]
+    noisy = [f"{role} {m.spread:.1f}" for role, m in roles.items()
+             if m is not None and m.spread is not None and m.spread > NOISY_SPREAD]
+    return "; ".join(([f"failed runs: {', '.join(failed)}"] if failed else [])
+                     + ([f"spread max/min: {', '.join(noisy)}"] if noisy else []))
 
 
 def evaluate(spec: RowSpec, measurements: Measurements, paths: dict[str, Path]) -> Result:
@@ -119,7 +118,7 @@ def evaluate(spec: RowSpec, measurements: Measurements, paths: dict[str, Path]) 
     base = anchor.median if anchor else None
     top = ceiling.median if ceiling else None
     ratio = value / base if value is not None and base else None
-    note = spec.missing or _note(ours, anchor, ceiling)
+    note = spec.missing or _note({"netwrap": ours, "anchor": anchor, "host": ceiling})
     return Result(
         row=spec.name, metric=f"{probe.metric}, median", netwrap=value, anchor=base,
         anchor_name=paths[spec.anchor].label, unit=probe.unit,
