@@ -12,4 +12,11 @@ Adding a row: a probe in probes.PROBES gets a row per backend; a path in
 paths.extra_paths() plus a RowSpec in rows.extra_rows() compares any two
 paths; a backend in BUILTIN gets rows against its raw form (rows.RAW_ANCHORS),
 or against every raw backend when it has none.
+
+Processes are driven with subprocess through the test world's launcher
+(world.run / world.popen), not with `sh`: every command must enter the world's
+namespaces through that launcher, whose API is subprocess-shaped and tracks
+what it started for teardown; slirp4netns needs pass_fds for --ready-fd; and
+the tools report through their output (iperf3 --json, sockperf's text), so
+sh's conveniences (piping, baked commands) buy nothing here.
 """

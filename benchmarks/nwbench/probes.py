@@ -61,7 +61,9 @@ class Probe:
 
 SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
     # One iperf3 server serves every iperf3 probe: the runner runs one client at a time.
-    ServerSpec("iperf3", "tcp", 5201, lambda a, p: ["iperf3", "--server", "--bind", a, "--port", str(p)]),
+    # --rcv-timeout: a client killed mid-test frees the server after 10 s, not 120.
+    ServerSpec("iperf3", "tcp", 5201,
+               lambda a, p: ["iperf3", "--server", "--bind", a, "--port", str(p), "--rcv-timeout", "10000"]),
     ServerSpec("sockperf-tcp", "tcp", 11111, lambda a, p: ["sockperf", "server", "-i", a, "-p", str(p), "--tcp"]),
     ServerSpec("sockperf-udp", "udp", 11112, lambda a, p: ["sockperf", "server", "-i", a, "-p", str(p)]),
 )}
