@@ -39,6 +39,7 @@ CAP_HOST_LOOPBACK = "host-loopback"  # can open host loopback on request
 BUILTIN: dict[str, str] = {
     "pasta": "netwrap.backends.pasta:PastaBackend",
     "slirp4netns": "netwrap.backends.slirp4netns:Slirp4netnsBackend",
+    "tunrelay": "netwrap.backends.tunrelay.backend:TunrelayBackend",
 }
 AUTO_ORDER = ("pasta", "slirp4netns", "tunrelay")
 

@@ -8,13 +8,38 @@ import pytest
 
 from netwrap.backends import BUILTIN
 
+
+class BackendVariant(str):
+    """A backend under test.  The string is the backend's name (what netwrap
+    reports: summaries, `netwrap backends`); ``argv`` selects it, with the
+    flags of this variant (tunrelay runs once per TCP path)."""
+
+    name: str
+    args: tuple[str, ...]
+    id: str
+
+    def __new__(cls, name: str, *args: str, id: str | None = None) -> "BackendVariant":
+        obj = super().__new__(cls, name)
+        obj.name = name
+        obj.args = args
+        obj.id = id or name
+        return obj
+
+    @property
+    def argv(self) -> list[str]:
+        return ["--backend", self.name, *self.args]
+
+
+# Extra variants of a backend, by name; a backend not listed runs once.
+VARIANTS: dict[str, list[BackendVariant]] = {}
+
 # Every backend netwrap ships runs the same conformance tests; CI installs
 # them all, so none is skipped there.
-BACKENDS = list(BUILTIN)
+BACKENDS = [v for name in BUILTIN for v in VARIANTS.get(name, [BackendVariant(name)])]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=BACKENDS, ids=[b.id for b in BACKENDS])
+def backend(request: pytest.FixtureRequest) -> BackendVariant:
     return request.param
 
 

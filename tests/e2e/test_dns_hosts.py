@@ -16,8 +16,8 @@ from world.harness import World
 DIG_OPTIONS = "+time=2 +tries=1 +short"
 
 
-def netwrap(world: World, backend: str, *args: str, user: bool = True):
-    return world.netwrap("--backend", backend, *args, user=user)
+def netwrap(world: World, backend, *args: str, user: bool = True):
+    return world.netwrap(*backend.argv, *args, user=user)
 
 
 def test_names_resolve_through_the_hosts_loopback_resolver(world: World, backend: str, as_user: bool) -> None:

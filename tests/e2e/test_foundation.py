@@ -48,8 +48,8 @@ HOST_EXPOSING = ["127.0.0.1", "::1", "192.0.2.1", "2001:db8:ff::1", "10.0.2.2", 
                  World.HOST_V4, World.HOST_V6]
 
 
-def netwrap(world: World, backend: str, *args: str, user: bool = True, **kw) -> subprocess.CompletedProcess:
-    return world.netwrap("--backend", backend, *args, user=user, **kw)
+def netwrap(world: World, backend, *args: str, user: bool = True, **kw) -> subprocess.CompletedProcess:
+    return world.netwrap(*backend.argv, *args, user=user, **kw)
 
 
 def caller_ids(world: World, as_user: bool) -> tuple[int, int]:
@@ -169,7 +169,7 @@ def test_nothing_remains_after_exit(world: World, backend: str, as_user: bool, t
 
 
 def test_kill_9_ends_backend_and_tree_within_2s(world: World, backend: str, as_user: bool, tag: str) -> None:
-    proc = world.popen(world.netwrap_cmd("--backend", backend, "--", "sh", "-c",
+    proc = world.popen(world.netwrap_cmd(*backend.argv, "--", "sh", "-c",
                                          "sleep 1000 & sleep 1001 & echo started; wait"),
                        user=as_user, env={"NETWRAP_TEST_TAG": tag}, stdout=subprocess.PIPE, text=True)
     try:
@@ -206,7 +206,7 @@ signal.pause()
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_to_netwrap_reaches_the_command(world: World, backend: str, as_user: bool, sig) -> None:
-    proc = world.popen(world.netwrap_cmd("--backend", backend, "--", world.python, "-c", CATCHER),
+    proc = world.popen(world.netwrap_cmd(*backend.argv, "--", world.python, "-c", CATCHER),
                        user=as_user, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
@@ -221,7 +221,7 @@ def test_signal_to_netwrap_reaches_the_command(world: World, backend: str, as_us
 def _pty_session(world: World, backend: str, as_user: bool, argv: list[str]) -> tuple[int, int]:
     pid, fd = pty.fork()
     if pid == 0:  # child: session leader with the pty as controlling terminal
-        args = world.netwrap_argv("--backend", backend, "--", *argv, user=as_user)
+        args = world.netwrap_argv(*backend.argv, "--", *argv, user=as_user)
         os.execv(args[0], args)
     return pid, fd
 

@@ -32,7 +32,7 @@ def declared_capabilities(world: World, backend: str, as_user: bool) -> set[str]
 @pytest.mark.parametrize("addr", [World.WORLD_V4, World.WORLD_V6], ids=["ipv4", "ipv6"])
 def test_udp_round_trip(world: World, backend: str, as_user: bool, addr: str) -> None:
     mark = world.mark()
-    done = world.netwrap("--backend", backend, "--", world.python, "-c", UDP_ECHO, addr, user=as_user)
+    done = world.netwrap(*backend.argv, "--", world.python, "-c", UDP_ECHO, addr, user=as_user)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["netwrap-udp-probe", addr]
     [record] = [r for r in world.echo_log(since=mark) if r["size"] == len("netwrap-udp-probe")]
@@ -44,7 +44,7 @@ def test_udp_round_trip(world: World, backend: str, as_user: bool, addr: str) ->
 ], ids=["ipv4", "ipv6"])
 def test_ping_works_where_declared(world: World, backend: str, as_user: bool, family: str, addr: str,
                                    capability: str) -> None:
-    done = world.netwrap("--backend", backend, "--", "ping", family, "-c", "2", "-W", "2", "-i", "0.2", addr,
+    done = world.netwrap(*backend.argv, "--", "ping", family, "-c", "2", "-W", "2", "-i", "0.2", addr,
                          user=as_user)
     if capability in declared_capabilities(world, backend, as_user):
         assert done.returncode == 0, done.stdout + done.stderr
@@ -66,4 +66,4 @@ def test_option_needing_a_missing_capability_is_refused(world: World, as_user: b
     assert done.returncode == 125
     assert done.stderr.splitlines() == [
         f"netwrap: --dns {World.DNS_V6} needs ipv6, which backend slirp4netns lacks here "
-        "(see 'netwrap backends'; try --backend pasta)"], done.stderr
+        "(see 'netwrap backends'; try --backend pasta or tunrelay)"], done.stderr

@@ -1,0 +1,158 @@
+"""The sandbox's addresses under tunrelay, and where each new flow may go.
+
+Layout (the same numbers as slirp4netns, so users, docs and tests meet one
+picture):
+
+    tun0      10.0.2.100/24   fd00::100/64    the sandbox's end; default routes
+    gateway   10.0.2.2        fd00::2         the host's loopback, only with
+                                              --allow-host-loopback
+    DNS       10.0.2.3        fd00::3         port 53 (UDP and TCP) goes to the
+                                              host's first resolver, loopback
+                                              resolvers such as 127.0.0.53 included
+    fake peers 10.0.2.128/25  fd00::1:0/112   the TUN NAT path's peer pool (on-link,
+                                              so the child routes them to the TUN)
+
+Decisions are per new flow (not per packet): :class:`Destinations` turns
+(protocol, destination) into a core Verdict: pass, redirect, or reject.  The
+relay must never become a way into the host: loopback, IPv4-mapped and
+unspecified destinations are refused, and so are the host's own addresses
+unless the user opened host loopback (a service bound to 0.0.0.0 is as
+reachable through them as through 127.0.0.1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections import OrderedDict
+from typing import Callable
+
+from .nat import ALLOW, REJECT, Verdict
+from .packets import ICMP, ICMPV6, TCP, UDP
+
+TUN_NAME = "tun0"
+MTU = 65520
+# A long device queue: a burst of 64 KiB segments must not overflow the ring
+# while the relay's thread is busy (a short queue throttles TCP, seen with
+# pasta at MTU 1500); TCP windows bound what is really queued.
+TXQUEUELEN = 10000
+
+ADDRESS_V4, PREFIX_V4 = "10.0.2.100", 24
+ADDRESS_V6, PREFIX_V6 = "fd00::100", 64
+GATEWAY_V4, GATEWAY_V6 = "10.0.2.2", "fd00::2"
+DNS_V4, DNS_V6 = "10.0.2.3", "fd00::3"
+POOL_V4, POOL_V6 = "10.0.2.128/25", "fd00::1:0/112"
+SUBNET_V4, SUBNET_V6 = "10.0.2.0/24", "fd00::/64"
+
+LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+
+
+def packed(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def host_resolvers(resolv_conf_text: str) -> list[str]:
+    """The nameserver lines of a resolv.conf, in order; scoped ones
+    (fe80::1%eth0) are skipped: the scope names a host interface."""
+    out = []
+    for line in resolv_conf_text.splitlines():
+        words = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(words) >= 2 and words[0] == "nameserver" and "%" not in words[1]:
+            try:
+                out.append(str(ipaddress.ip_address(words[1])))
+            except ValueError:
+                continue
+    return out
+
+
+def first_resolver(resolv_conf_text: str) -> str:
+    found = host_resolvers(resolv_conf_text)
+    return found[0] if found else "127.0.0.1"  # what the C library uses with none
+
+
+class LocalAddressCache:
+    """Is an address one of the host's own?  Asked of the kernel: a UDP socket
+    connected to it gets the address itself as source exactly when the
+    destination is local.  Cached per address (bounded, with a lifetime), so
+    a flow to a known destination costs nothing."""
+
+    def __init__(self, clock: Callable[[], float], ttl: float = 10.0, size: int = 1024) -> None:
+        self._clock = clock
+        self._ttl = ttl
+        self._size = size
+        self._cache: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
+
+    def __call__(self, addr: bytes) -> bool:
+        now = self._clock()
+        hit = self._cache.get(addr)
+        if hit is not None and now - hit[0] < self._ttl:
+            return hit[1]
+        local = _is_local(addr)
+        self._cache[addr] = (now, local)
+        self._cache.move_to_end(addr)
+        while len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return local
+
+
+def _is_local(addr: bytes) -> bool:
+    family = socket.AF_INET if len(addr) == 4 else socket.AF_INET6
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect((socket.inet_ntop(family, addr), 9))
+            return socket.inet_pton(family, s.getsockname()[0]) == addr
+    except OSError:
+        return False  # no route: not local, and the real connect will say why
+
+
+_SUBNET4 = ipaddress.ip_network(SUBNET_V4)
+_SUBNET6 = ipaddress.ip_network(SUBNET_V6)
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+_COMPAT = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible, :: and ::1 included
+
+
+class Destinations:
+    """Where a new flow of the child goes (see the module docstring).
+
+    ``decide(proto, dst, dport)`` returns None to pass the flow on unchanged,
+    or a Verdict (a redirect target or a reject).  ``proto`` is the IP
+    protocol number; echo has dport 0.
+    """
+
+    def __init__(self, *, resolver: str, allow_host_loopback: bool,
+                 is_local: Callable[[bytes], bool] = lambda a: False) -> None:
+        r = ipaddress.ip_address(resolver)
+        self.resolver = (r.packed, 53)
+        self.allow_host_loopback = allow_host_loopback
+        self._is_local = is_local
+        self._gw = {packed(GATEWAY_V4): packed(LOOPBACK[4]), packed(GATEWAY_V6): packed(LOOPBACK[6])}
+        self._dns = {packed(DNS_V4), packed(DNS_V6)}
+
+    def decide(self, proto: int, dst: bytes, dport: int) -> Verdict | None:
+        echo = proto in (ICMP, ICMPV6)
+        reset = "rst" if proto == TCP else "port"
+        if dst in self._dns:
+            if echo:
+                return Verdict(target=(self._gw[packed(GATEWAY_V4 if len(dst) == 4 else GATEWAY_V6)], 0))
+            if dport == 53 and proto in (TCP, UDP):
+                return Verdict(target=self.resolver)
+            return Verdict(REJECT, reject=reset)  # nothing else listens there
+        loopback = self._gw.get(dst)
+        if loopback is not None:
+            if echo or self.allow_host_loopback:
+                return Verdict(target=(loopback, dport))  # pinging the gateway is harmless
+            return Verdict(REJECT, reject="admin")
+        ip = ipaddress.ip_address(dst)
+        if ip.version == 4:
+            if ip in _SUBNET4 or ip.is_loopback or ip.packed[0] == 0:
+                return Verdict(REJECT, reject="host" if ip in _SUBNET4 else "admin")
+        elif ip in _SUBNET6 or ip in _MAPPED or ip in _COMPAT or ip.is_link_local:
+            return Verdict(REJECT, reject="host" if ip in _SUBNET6 else "admin")
+        if not self.allow_host_loopback and self._is_local(dst):
+            return Verdict(REJECT, reject="admin")
+        return None
+
+    def policy(self, pkt) -> Verdict:
+        """The core's per-new-flow policy hook (RelayCore / TcpNat)."""
+        v = self.decide(pkt.proto, pkt.dst, pkt.dport)
+        return ALLOW if v is None else v
