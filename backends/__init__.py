@@ -79,6 +79,10 @@ class NetworkInfo:
     addresses: tuple[str, ...] = ()
     gateways: tuple[str, ...] = ()
     dns: tuple[str, ...] = ()
+    # CIDRs the backend uses only for its own plumbing on `interface` (tunrelay's
+    # NAT path: fake peers the sandbox's kernel talks to): packets from or to
+    # them are not the command's traffic, and the capture leaves them out.
+    internal_networks: tuple[str, ...] = ()
 
 
 class Handle(Protocol):

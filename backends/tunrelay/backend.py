@@ -208,7 +208,8 @@ class TunrelayHandle:
             thread = threading.Thread(target=main, name="tunrelay", daemon=True)
             info = NetworkInfo(interface=A.TUN_NAME,
                                addresses=(f"{A.ADDRESS_V4}/{A.PREFIX_V4}", f"{A.ADDRESS_V6}/{A.PREFIX_V6}"),
-                               gateways=(A.GATEWAY_V4, A.GATEWAY_V6), dns=(A.DNS_V4, A.DNS_V6))
+                               gateways=(A.GATEWAY_V4, A.GATEWAY_V6), dns=(A.DNS_V4, A.DNS_V6),
+                               internal_networks=(A.POOL_V4, A.POOL_V6) if chosen == "nat" else ())
             handle = cls(stack=stack, engine=engine, thread=thread, path=chosen, notify_r=notify_r,
                          info=info, verbosity=verbosity)
             handle_box.append(handle)
