@@ -143,8 +143,10 @@ def netwrap_path(backend: str) -> Netwrap:
 
 
 def extra_paths() -> list[Path]:
-    """Paths beyond host / raw-B / netwrap-B (e.g. tunrelay's NAT path); none yet."""
-    return []
+    """Paths beyond host / raw-B / netwrap-B: tunrelay's NAT path."""
+    from .tunrelay import extra_paths as tunrelay_paths  # it builds on Netwrap above
+
+    return tunrelay_paths()
 
 
 def all_paths(backends: list[str]) -> dict[str, Path]:

@@ -37,7 +37,7 @@ class ServerSpec:
     name: str
     proto: str  # "tcp" or "udp": where its readiness shows in /proc/PID/net
     port: int
-    argv: Callable[[str, int], list[str]]  # (address, port) -> argv
+    argv: Callable[[str, int], list[str]] | None  # (address, port) -> argv; None: the world serves it already
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,7 @@ SERVERS: dict[str, ServerSpec] = {s.name: s for s in (
                lambda a, p: ["iperf3", "--server", "--bind", a, "--port", str(p), "--rcv-timeout", "10000"]),
     ServerSpec("sockperf-tcp", "tcp", 11111, lambda a, p: ["sockperf", "server", "-i", a, "-p", str(p), "--tcp"]),
     ServerSpec("sockperf-udp", "udp", 11112, lambda a, p: ["sockperf", "server", "-i", a, "-p", str(p)]),
+    ServerSpec("world-http", "tcp", 80, None),  # the world's worldd (wrk probe)
 )}
 
 
@@ -116,6 +117,10 @@ PROBES: dict[str, Probe] = {p.name: p for p in (
     _latency("tcp"), _latency("udp"),
 )}
 
+from .wrk import WRK  # noqa: E402  (wrk.py builds on Probe above)
+
+PROBES[WRK.name] = WRK
+
 
 def _wait_listening(process: subprocess.Popen, spec: ServerSpec, program: str) -> None:
     """Poll the server's own /proc/PID/net table (its namespace's) until its port is there."""
@@ -148,6 +153,9 @@ def servers(world: World, names: set[str], address: str) -> Iterator[dict[str, E
         endpoints = {}
         for name in sorted(names):
             spec = SERVERS[name]
+            if spec.argv is None:
+                endpoints[name] = Endpoint(address, spec.port)
+                continue
             process = world.popen(spec.argv(address, spec.port), ns="inet", user=False,
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             started.append(process)

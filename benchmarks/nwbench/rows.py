@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .measure import Measurements
+from . import tunrelay
 from .paths import HOST, RAW, Path
 from .probes import PROBES, Probe
 
@@ -88,14 +89,15 @@ def network_rows(backends: list[str], registered: set[str]) -> list[RowSpec]:
                 suffix = "" if anchors == RAW_ANCHORS.get(backend) else f"-vs-{anchor.removeprefix('raw-')}"
                 rows.append(RowSpec(
                     name=f"{probe.name}-{backend}{suffix}", probe=probe.name, subject=f"netwrap-{backend}",
-                    anchor=anchor, target=TARGETS[probe.kind],
+                    anchor=anchor,
+                    target=tunrelay.target(probe.name, anchor) if backend == "tunrelay" else TARGETS[probe.kind],
                     missing=None if backend in registered else f"{backend} is not a netwrap backend yet"))
-    return rows + extra_rows()
+    return rows + extra_rows(backends, registered)
 
 
-def extra_rows() -> list[RowSpec]:
-    """Rows beyond probe x backend (e.g. tunrelay's NAT path against pasta); none yet."""
-    return []
+def extra_rows(backends: list[str], registered: set[str]) -> list[RowSpec]:
+    """Rows beyond probe x backend: tunrelay's NAT path."""
+    return tunrelay.extra_rows(registered) if "tunrelay" in backends else []
 
 
 NOISY_SPREAD = 1.5  # max/min of a path's samples above which the row says so

@@ -23,7 +23,8 @@ def test_a_row_per_probe_and_backend_and_the_unregistered_one_marked() -> None:
 
 def test_a_backend_without_a_raw_form_is_held_to_every_raw_backend() -> None:
     names = [s.name for s in rows.network_rows(["tunrelay"], registered={"tunrelay"}) if s.probe == "tcp-up-1"]
-    assert names == ["tcp-up-1-tunrelay-vs-pasta", "tcp-up-1-tunrelay-vs-slirp4netns"]
+    assert names == ["tcp-up-1-tunrelay-vs-pasta", "tcp-up-1-tunrelay-vs-slirp4netns",
+                     "tcp-up-1-tunrelay-nat-vs-slirp4netns"]
 
 
 def _measured(probe: str, unit: str, **samples: list[float]) -> dict:
