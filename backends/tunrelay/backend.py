@@ -190,6 +190,7 @@ class TunrelayHandle:
 
             engine = Engine(tun_fd=tun_fd, core=core, gate=gate, listeners=listeners, max_pumps=max_flows,
                             warn=warn)
+            stack.callback(engine.close)  # after the thread has ended (stop() joins it first)
             notify_r, notify_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             stack.callback(os.close, notify_r)
             handle_box: list[TunrelayHandle] = []
@@ -213,7 +214,11 @@ class TunrelayHandle:
             handle = cls(stack=stack, engine=engine, thread=thread, path=chosen, notify_r=notify_r,
                          info=info, verbosity=verbosity)
             handle_box.append(handle)
-            thread.start()
+            try:
+                thread.start()
+            except BaseException:
+                os.close(notify_w)  # the thread would have closed it
+                raise
             return handle
         except BaseException:
             stack.close()
@@ -269,7 +274,6 @@ class TunrelayHandle:
             return
         if self._verbosity > 0:
             debug("tunrelay: " + self.diagnostics().replace("\n", "; "))
-        self.engine.close()
         self._notify_r = None
         self._stack.close()
 
