@@ -9,6 +9,7 @@ they skip elsewhere.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -20,11 +21,14 @@ from pathlib import Path
 import pytest
 
 from netwrap.policy_nft import (
+    PROXY_MARK,
     TABLE,
+    DnsRedirect,
     NameSets,
     name_sets,
     render_name_update,
     render_policy,
+    verdict_tags,
 )
 from netwrap.rules import build_policy
 
@@ -69,9 +73,22 @@ CASES = {
 }
 
 
+# The same policies with the flow log's tags and the DNS proxy (render options).
+_V4_PROXY = DnsRedirect(version=4, port=40000, resolver=ipaddress.ip_address("10.0.2.3"))
+TAGGED = {
+    "flow_log_mixed": ("mixed", dict(flow_log_group=7, dns_proxy=[_V4_PROXY])),
+    "flow_log_default_allow": ("default_allow", dict(flow_log_group=7)),
+    "flow_log_offline": ("offline", dict(flow_log_group=7)),
+    "dns_proxy_forced": ("allow_hostname", dict(dns_proxy=[DnsRedirect(version=4, port=40000),
+                                                           DnsRedirect(version=6, port=40001)])),
+}
+CASES.update({name: CASES[base] for name, (base, _) in TAGGED.items()})
+
+
 def rendered(case: str) -> str:
     kwargs, resolved = CASES[case]
-    return render_policy(build_policy(**kwargs), resolved_names=resolved)
+    options = TAGGED.get(case, (None, {}))[1]
+    return render_policy(build_policy(**kwargs), resolved_names=resolved, **options)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -85,7 +102,40 @@ def test_golden(case):
 
 
 def test_every_golden_has_a_case():
-    assert sorted(p.stem for p in GOLDEN.glob("*.nft")) == sorted(CASES)
+    # dns-forcing-* belong to test_dnsfiles.
+    policy_goldens = [p.stem for p in GOLDEN.glob("*.nft") if not p.stem.startswith("dns-forcing")]
+    assert sorted(policy_goldens) == sorted(CASES)
+
+
+def test_flow_log_tags_every_decision_and_only_then():
+    plain, tagged = rendered("mixed"), rendered("flow_log_mixed")
+    assert "ct mark" not in plain and "log prefix" not in plain
+    policy = build_policy(**CASES["mixed"][0])
+    tags = verdict_tags(policy)
+    for line in tagged.splitlines():
+        line = line.strip()
+        untagged = ("the sandbox itself", "neighbour discovery", "netwrap's DNS proxy")
+        if ' accept comment "' in line and not any(u in line for u in untagged):
+            tag = int(line.split("ct mark set ", 1)[1].split()[0])
+            assert tags[tag].verdict == "allow", line
+            assert tags[tag].rule is None or tags[tag].rule.describe().replace("'", "") in line, line
+        if "jump refuse" in line:
+            tag = int(line.split('log prefix "nw:', 1)[1].split()[0])
+            assert tags[tag].verdict == "deny" and "group 7" in line, line
+    assert 'log prefix "nw:5 " group 7 jump refuse comment "default policy deny"' in tagged
+    assert 'ct mark set 5 accept comment "default policy allow"' in rendered("flow_log_default_allow")
+
+
+def test_dns_proxy_redirect_skips_denied_flows_and_its_own_queries():
+    text = rendered("flow_log_mixed")
+    chain = text.split("chain dns_proxy {", 1)[1]
+    lines = [l.strip() for l in chain.splitlines()]
+    assert lines[2] == f"meta mark & {PROXY_MARK:#010x} == {PROXY_MARK:#010x} return"
+    assert 'udp dport 5353 return comment "--deny udp://*:5353"' in lines  # denied: refused, not proxied
+    assert any(l.startswith("ip daddr 10.0.2.3 udp dport 53 ct mark set 1 redirect to :40000") for l in lines)
+    forced = rendered("dns_proxy_forced")
+    assert "meta nfproto ipv4 udp dport 53 redirect to :40000" in forced
+    assert "meta nfproto ipv6 udp dport 53 redirect to :40001" in forced
 
 
 def test_rendering_is_deterministic():
