@@ -1,0 +1,164 @@
+"""Just enough DNS to read answers: which addresses a response gives for which names.
+
+The policy engine proxies the sandbox's UDP queries to its resolver and,
+before handing an answer back, adds its addresses to the sets of allowed
+hostnames. Pure code; every input is untrusted (it came from the network
+via the backend), so anything malformed is DNSFormatError and the answer is
+simply passed on unread.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Union
+
+import attrs
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+HEADER = struct.Struct("!HHHHHH")
+TYPE_A, TYPE_CNAME, TYPE_AAAA = 1, 5, 28
+CLASS_IN = 1
+FLAG_QR = 0x8000
+MAX_POINTERS = 64  # compression loops end here
+
+
+class DNSFormatError(ValueError):
+    pass
+
+
+@attrs.frozen(kw_only=True)
+class Answer:
+    id: int
+    rcode: int
+    qname: str | None
+    # name -> addresses (A/AAAA records as given), and CNAME name -> target.
+    addresses: dict[str, tuple[IPAddress, ...]]
+    cnames: dict[str, str]
+
+    def chain(self) -> list[str]:
+        """qname and the names its CNAMEs lead to, in order (loops cut)."""
+        names: list[str] = []
+        name = self.qname
+        while name is not None and name not in names:
+            names.append(name)
+            name = self.cnames.get(name)
+        return names
+
+    def addresses_of(self, name: str) -> tuple[IPAddress, ...]:
+        """The addresses this answer gives for `name` (following CNAMEs)."""
+        found: list[IPAddress] = []
+        seen: set[str] = set()
+        while name not in seen:
+            seen.add(name)
+            found += self.addresses.get(name, ())
+            if name not in self.cnames:
+                break
+            name = self.cnames[name]
+        return tuple(dict.fromkeys(found))
+
+
+def message_id(message: bytes) -> int:
+    if len(message) < 2:
+        raise DNSFormatError("shorter than a DNS id")
+    return struct.unpack_from("!H", message)[0]
+
+
+def with_id(message: bytes, ident: int) -> bytes:
+    """The same message with another id (the proxy keeps its own ids unique)."""
+    if len(message) < HEADER.size:
+        raise DNSFormatError("shorter than a DNS header")
+    return struct.pack("!H", ident) + message[2:]
+
+
+def is_query(message: bytes) -> bool:
+    return len(message) >= HEADER.size and not (struct.unpack_from("!H", message, 2)[0] & FLAG_QR)
+
+
+def servfail(query: bytes) -> bytes | None:
+    """A SERVFAIL reply to `query` (its question kept), or None if it has none we can read."""
+    if not is_query(query):
+        return None
+    ident, flags, qdcount, *_ = HEADER.unpack_from(query)
+    if qdcount != 1:
+        return None
+    try:
+        _, end = _name(query, HEADER.size)
+    except DNSFormatError:
+        return None
+    if end + 4 > len(query):
+        return None
+    # QR, the query's opcode and RD, RA, rcode 2 (SERVFAIL).
+    reply_flags = FLAG_QR | (flags & 0x7900) | 0x0080 | 2
+    return HEADER.pack(ident, reply_flags, 1, 0, 0, 0) + query[HEADER.size:end + 4]
+
+
+def parse_answer(message: bytes) -> Answer:
+    if len(message) < HEADER.size:
+        raise DNSFormatError("shorter than a DNS header")
+    ident, flags, qdcount, ancount, _ns, _ar = HEADER.unpack_from(message)
+    if not flags & FLAG_QR:
+        raise DNSFormatError("a query, not a response")
+    pos = HEADER.size
+    qname = None
+    for i in range(qdcount):
+        name, pos = _name(message, pos)
+        if pos + 4 > len(message):
+            raise DNSFormatError("question runs past the message")
+        pos += 4
+        if i == 0:
+            qname = name
+    addresses: dict[str, list[IPAddress]] = {}
+    cnames: dict[str, str] = {}
+    for _ in range(ancount):
+        name, pos = _name(message, pos)
+        if pos + 10 > len(message):
+            raise DNSFormatError("record header runs past the message")
+        rtype, rclass, _ttl, rdlength = struct.unpack_from("!HHIH", message, pos)
+        pos += 10
+        end = pos + rdlength
+        if end > len(message):
+            raise DNSFormatError("record data runs past the message")
+        if rclass == CLASS_IN:
+            if rtype == TYPE_A and rdlength == 4:
+                addresses.setdefault(name, []).append(ipaddress.IPv4Address(message[pos:end]))
+            elif rtype == TYPE_AAAA and rdlength == 16:
+                addresses.setdefault(name, []).append(ipaddress.IPv6Address(message[pos:end]))
+            elif rtype == TYPE_CNAME:
+                target, _ = _name(message, pos)
+                cnames[name] = target
+        pos = end
+    return Answer(id=ident, rcode=flags & 0xF, qname=qname,
+                  addresses={k: tuple(v) for k, v in addresses.items()}, cnames=cnames)
+
+
+def _name(message: bytes, pos: int) -> tuple[str, int]:
+    """A (possibly compressed) name at pos, lower case without the root dot; and the position after it."""
+    labels: list[str] = []
+    end = None
+    jumps = 0
+    while True:
+        if pos >= len(message):
+            raise DNSFormatError("name runs past the message")
+        length = message[pos]
+        if length & 0xC0 == 0xC0:
+            if pos + 1 >= len(message):
+                raise DNSFormatError("compression pointer runs past the message")
+            jumps += 1
+            if jumps > MAX_POINTERS:
+                raise DNSFormatError("compression pointer loop")
+            if end is None:
+                end = pos + 2
+            pos = ((length & 0x3F) << 8) | message[pos + 1]
+            continue
+        if length & 0xC0:
+            raise DNSFormatError(f"unknown label type {length >> 6}")
+        pos += 1
+        if length == 0:
+            break
+        if pos + length > len(message):
+            raise DNSFormatError("label runs past the message")
+        labels.append(message[pos:pos + length].decode("ascii", "replace").lower())
+        pos += length
+    return ".".join(labels), (end if end is not None else pos)
