@@ -32,6 +32,8 @@ The `world` fixture (session) yields a World:
         and wait_log(read, predicate, timeout) poll until a record matches
   world.spawn_server(ns="host", http=[("127.0.0.1", 0)], https=..., dns=..., echo=...,
         forward=None) -> Daemon with .port(kind), .log(kind, since), .stop()
+  world.zone_records({name: {type: [values]}}) -> context manager: those names in the
+        world's DNS zone (worldd re-reads the file on change), restored on exit
   world.user (name, uid, gid), world.ca_file, world.user_dir() (a fresh dir the
         user owns), world.host_ns / inet_ns (names), world.netns_path("host")
   constants: WORLD_V4 93.184.215.14, WORLD_V6 2606:4700::1111, DNS_V4 198.51.100.53,

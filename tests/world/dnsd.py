@@ -30,9 +30,10 @@ MAX_TCP_MESSAGE = 65535
 Responder = Callable[[bytes, dict], "bytes | None"]
 
 
-def authoritative(zone: dict[str, dict[str, list[str]]], log: JsonLog) -> Responder:
+def authoritative(zone: Callable[[], dict[str, dict[str, list[str]]]], log: JsonLog) -> Responder:
+    """Answers from zone() (name -> type -> values), asked afresh for each query."""
     def respond(message: bytes, fields: dict) -> bytes | None:
-        reply, query, rcode = dnswire.answer(zone, message)
+        reply, query, rcode = dnswire.answer(zone(), message)
         values = dnswire.parse_response(reply).answers if reply and query else []
         log.write(**fields, qname=query.name if query else None,
                   qtype=query.type_name if query else None,

@@ -208,6 +208,27 @@ class World:
                   since: Mark | None = None) -> dict:
         return self.wait_log(lambda: self.http_log(since), predicate, timeout)
 
+    @contextlib.contextmanager
+    def zone_records(self, records: dict[str, dict[str, list[str]]]) -> Iterator[None]:
+        """Add or replace names in the world's DNS zone (worldd re-reads it), restored afterwards.
+
+        with world.zone_records({"moving.example.test": {"A": ["203.0.113.10"]}}): ...
+        Call again inside to change an answer mid-test.
+        """
+        saved = self.zone_file.read_text()
+        try:
+            self._write_zone({**json.loads(saved), **records})
+            yield
+        finally:
+            self._write_zone(json.loads(saved))
+
+    def _write_zone(self, zone: dict) -> None:
+        # Atomic replace: the daemon never reads half a file, and sees a new inode.
+        staged = self.zone_file.with_suffix(".new")
+        staged.write_text(json.dumps(zone, indent=1))
+        staged.chmod(0o644)
+        os.replace(staged, self.zone_file)
+
     # -- more servers --------------------------------------------------------------------
 
     def spawn_server(self, ns: str = "host", *, http: Sequence[tuple[str, int]] = (),

@@ -9,7 +9,8 @@ works), which is the harness's only readiness signal.
   --http/--https/--dns/--echo ENDPOINT   repeatable; '[::]:80' is dual-stack
       (for UDP it means one IPv4 and one IPv6 socket, both answering from the
       queried address); '127.0.0.1:0' picks a free port.
-  --zone FILE        JSON zone for --dns (name -> type -> [values])
+  --zone FILE        JSON zone for --dns (name -> type -> [values]); re-read
+                     whenever the file changes (replace it atomically)
   --forward ADDR     --dns forwards to ADDR port 53 instead (the host resolver)
   --cert/--key FILE  for --https
   --log-dir DIR      http.jsonl, dns.jsonl, echo.jsonl
@@ -52,6 +53,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+class ZoneFile:
+    """The zone as the file says now: a test may change a name's answer mid-run."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._key: tuple | None = None
+        self._zone: dict[str, dict[str, list[str]]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dict[str, dict[str, list[str]]]:
+        with self._lock:
+            st = os.stat(self.path)
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if key != self._key:
+                with open(self.path, encoding="utf-8") as file:
+                    self._zone = {name.lower().rstrip("."): records for name, records in json.load(file).items()}
+                self._key = key
+            return self._zone
+
+
 def start(args: argparse.Namespace) -> list[dict]:
     """Bind everything, start serving threads; return what is listening where."""
     logs = {name: JsonLog(os.path.join(args.log_dir, f"{name}.jsonl")) for name in ("http", "dns", "echo")}
@@ -69,9 +90,7 @@ def start(args: argparse.Namespace) -> list[dict]:
         if args.forward:
             respond = dnsd.forwarding((args.forward, 53), logs["dns"])
         else:
-            with open(args.zone, encoding="utf-8") as file:
-                zone = {name.lower().rstrip("."): records for name, records in json.load(file).items()}
-            respond = dnsd.authoritative(zone, logs["dns"])
+            respond = dnsd.authoritative(ZoneFile(args.zone), logs["dns"])
         for host, port in args.dns:
             sockets = udpd.open_sockets(host, port)
             port = sockets[0].getsockname()[1]
