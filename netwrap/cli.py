@@ -59,13 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "it can then change or remove netwrap's controls (not tamper-proof)")
     p.add_argument("--user", metavar="NAME",
                    help="when netwrap runs as root: run the command as this user")
-    p.add_argument("-c", "--capture", metavar="FILE",
-                   help="write the command's packets to FILE (pcapng, for Wireshark/tshark)")
-    p.add_argument("-C", "--capture-point", choices=("child", "egress", "wire-egress", "both"), metavar="POINT",
-                   help="what -c captures: child (default: what the command sent and received), egress (the "
-                        "host-side flows the backend opened, synthesised), wire-egress (the host's interfaces "
-                        "filtered to those flows; needs CAP_NET_RAW), both (FILE.child.pcapng and "
-                        "FILE.egress.pcapng)")
     p.add_argument("--summary", action="store_true",
                    help="after the command, print a short report on stderr")
     p.add_argument("--doctor", action="store_true", help="same as 'netwrap doctor'")
@@ -104,18 +97,12 @@ def parse(argv: Sequence[str]):
     dns = tuple(dnsfiles.parse_dns(v) for v in args.dns)
     add_hosts = tuple(dnsfiles.parse_add_host(v) for v in args.add_host)
     hosts_text = _read_hosts_file(args.hosts_file) if args.hosts_file is not None else None
-    capture = None
-    if args.capture is not None or args.capture_point is not None:
-        from netwrap.capture_spec import parse_capture
-
-        capture = parse_capture(args.capture, args.capture_point)
     return Config(
         command=tuple(command),
         dns=dns,
         hosts_file=args.hosts_file,
         hosts_text=hosts_text,
         add_hosts=add_hosts,
-        capture=capture,
         backend=args.backend,
         allow_host_loopback=args.allow_host_loopback,
         as_root=args.as_root,
