@@ -33,6 +33,16 @@ usage (nothing is started).
 """
 
 
+POLICY_HELP = """\
+Enforced by nftables in the sandbox, the same over every backend; the command
+cannot lift it (unless --as-root). A refused TCP connect fails at once
+(connection refused), refused UDP and ICMP get an ICMP error.
+SPEC: [tcp://|udp://|icmp://]HOST[:PORTS] (tcp:// if none); HOST is an IP,
+a CIDR, [IPv6] or [IPv6/len] when ports follow, a hostname (--allow only) or *;
+PORTS: 80,443,8000-8080 or *. Examples: 93.184.215.14:80,
+udp://198.51.100.53:53, '[2001:db8::/32]:443', 'icmp://*', :443."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
@@ -59,6 +69,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "it can then change or remove netwrap's controls (not tamper-proof)")
     p.add_argument("--user", metavar="NAME",
                    help="when netwrap runs as root: run the command as this user")
+    policy = p.add_argument_group("network policy", POLICY_HELP)
+    policy.add_argument("--offline", action="store_true",
+                        help="nothing but the sandbox's own loopback (DNS fails at once too)")
+    policy.add_argument("--block-private", action="store_true",
+                        help="refuse RFC 1918, 100.64.0.0/10, 169.254.0.0/16, fc00::/7, fe80::/10 and every address "
+                             "through which the backend reaches the host")
+    policy.add_argument("--block-metadata", action="store_true",
+                        help="refuse cloud metadata endpoints (169.254.169.254, fd00:ec2::254, 100.100.100.200), "
+                             "whatever name leads there")
+    policy.add_argument("--allow", action="append", default=[], metavar="SPEC",
+                        help="allow matching flows (repeatable); any --allow makes the default deny")
+    policy.add_argument("--deny", action="append", default=[], metavar="SPEC",
+                        help="refuse matching flows (repeatable; wins over --allow)")
+    policy.add_argument("--default-policy", metavar="{allow,deny}",
+                        help="for flows no rule matches (default: deny if any --allow, else allow)")
+    policy.add_argument("--flow-log", metavar="FILE",
+                        help="write one JSON line per flow: times, protocol, addresses and ports, verdict, the "
+                             "rule or preset that decided, bytes each way")
+    p.add_argument("-c", "--capture", metavar="FILE",
+                   help="write the command's packets to FILE (pcapng, for Wireshark/tshark)")
+    p.add_argument("-C", "--capture-point", choices=("child", "egress", "wire-egress", "both"), metavar="POINT",
+                   help="what -c captures: child (default: what the command sent and received), egress (the "
+                        "host-side flows the backend opened, synthesised), wire-egress (the host's interfaces "
+                        "filtered to those flows; needs CAP_NET_RAW), both (FILE.child.pcapng and "
+                        "FILE.egress.pcapng)")
+    p.add_argument("--tunrelay-tcp", choices=("auto", "tproxy", "nat"), default="auto", metavar="PATH",
+                   help="tunrelay backend: how TCP is relayed: tproxy (nftables TPROXY, bytes spliced kernel to "
+                        "kernel), nat (packets rewritten on the TUN, no nftables needed) or auto (default: "
+                        "tproxy when nftables allows it, else nat)")
     p.add_argument("--summary", action="store_true",
                    help="after the command, print a short report on stderr")
     p.add_argument("--doctor", action="store_true", help="same as 'netwrap doctor'")
@@ -97,22 +136,52 @@ def parse(argv: Sequence[str]):
     dns = tuple(dnsfiles.parse_dns(v) for v in args.dns)
     add_hosts = tuple(dnsfiles.parse_add_host(v) for v in args.add_host)
     hosts_text = _read_hosts_file(args.hosts_file) if args.hosts_file is not None else None
+    capture = None
+    if args.capture is not None or args.capture_point is not None:
+        from netwrap.capture_spec import parse_capture
+
+        capture = parse_capture(args.capture, args.capture_point)
     return Config(
         command=tuple(command),
         dns=dns,
         hosts_file=args.hosts_file,
         hosts_text=hosts_text,
         add_hosts=add_hosts,
+        capture=capture,
         backend=args.backend,
         allow_host_loopback=args.allow_host_loopback,
         as_root=args.as_root,
         user=_run_as(args.user) if args.user is not None else None,
         summary=args.summary,
+        tunrelay_tcp=args.tunrelay_tcp,
+        **_policy(args),
         verbosity=-1 if args.quiet else args.verbose,
         rootful=rootful,
         caller_uid=os.getuid(),
         caller_gid=os.getgid(),
     )
+
+
+def _policy(args: argparse.Namespace) -> dict:
+    """The policy fields of the Config, every spec checked (exit 2 quoting the bad one)."""
+    fields = dict(allow=tuple(args.allow), deny=tuple(args.deny), default_policy=args.default_policy,
+                  offline=args.offline, block_private=args.block_private, block_metadata=args.block_metadata,
+                  flow_log=args.flow_log)
+    if args.block_private and args.allow_host_loopback:
+        # pasta serves host loopback through the sandbox's own loopback, which no rule can tell apart.
+        raise UsageError("--block-private cannot be combined with --allow-host-loopback: "
+                         "one closes every way to the host, the other opens one")
+    if args.allow or args.deny or args.default_policy is not None or args.offline:
+        from netwrap.rules import build_policy
+
+        build_policy(allow=args.allow, deny=args.deny, default_policy=args.default_policy, offline=args.offline)
+    if args.flow_log is not None:
+        try:  # can it be written? (opened for real, and emptied, once the run starts)
+            with open(args.flow_log, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"--flow-log {args.flow_log!r}: {exc.strerror}") from None
+    return fields
 
 
 def _read_hosts_file(path: str) -> str:

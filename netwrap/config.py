@@ -6,6 +6,8 @@ rest of netwrap only reads it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 
@@ -36,7 +38,20 @@ class Config:
     hosts_text: str | None = None
     hosts_file: str | None = None
     add_hosts: tuple[tuple[str, str], ...] = ()
+    # Network policy (netwrap.policy_io): --allow/--deny specs as typed (the
+    # CLI checked them), --default-policy, the presets, --flow-log's path.
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    default_policy: str | None = None
+    offline: bool = False
+    block_private: bool = False
+    block_metadata: bool = False
+    flow_log: str | None = None
+    # -c/-C: netwrap.capture_spec.CaptureSpec, or None for no capture.
+    capture: Any = None
     summary: bool = False
+    # tunrelay's TCP path: "auto" (tproxy when nftables allows, else nat), "tproxy" or "nat".
+    tunrelay_tcp: str = "auto"
     verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose
     rootful: bool
     caller_uid: int

@@ -29,22 +29,37 @@ class SetupPlan:
     binds: tuple[tuple[str, str], ...] = ()
     nft_path: str | None = None
     nft_ruleset: str | None = None
+    # (path under /proc/sys, value): per-netns sysctls init writes.
+    sysctls: tuple[tuple[str, str], ...] = ()
     # What is in force, for --summary.
     resolvers: tuple[str, ...] = ()
 
     def to_message(self) -> dict:
-        return {"binds": [list(b) for b in self.binds], "nft_path": self.nft_path, "nft_ruleset": self.nft_ruleset}
+        return {"binds": [list(b) for b in self.binds], "nft_path": self.nft_path, "nft_ruleset": self.nft_ruleset,
+                "sysctls": [list(s) for s in self.sysctls]}
 
     @classmethod
     def from_message(cls, msg: dict) -> "SetupPlan":
         return cls(binds=tuple(tuple(b) for b in msg.get("binds", ())), nft_path=msg.get("nft_path"),
-                   nft_ruleset=msg.get("nft_ruleset"))
+                   nft_ruleset=msg.get("nft_ruleset"), sysctls=tuple(tuple(s) for s in msg.get("sysctls", ())))
+
+
+def policy_flags(config: Config) -> list[str]:
+    """The network-policy flags of this run, named as the user typed them (netwrap.policy_io)."""
+    return [name for name, on in (("--offline", config.offline), ("--block-private", config.block_private),
+                                   ("--block-metadata", config.block_metadata), ("--allow", config.allow),
+                                   ("--deny", config.deny), ("--default-policy", config.default_policy is not None),
+                                   ("--flow-log", config.flow_log is not None)) if on]
 
 
 def check(config: Config) -> str | None:
     """Refuse, before anything starts, what this machine cannot do; the nft path if needed."""
+    policy = policy_flags(config)
+    if policy and which("nft") is None:
+        raise NetwrapError(f"{policy[0]} needs nftables to enforce the network policy in the sandbox; "
+                           "install the 'nftables' package")
     if not config.dns:
-        return None
+        return which("nft") if policy else None
     nft = which("nft")
     if nft is None:
         raise NetwrapError("--dns needs nftables to send every DNS flow to the resolver; "
@@ -80,7 +95,20 @@ def prepare(config: Config, network: NetworkInfo, scratch: str, *, backend: str,
         base = config.hosts_text if config.hosts_text is not None else _read(HOST_HOSTS)
         binds.append((_write(scratch, "hosts", dnsfiles.render_hosts(base, list(config.add_hosts))), HOST_HOSTS))
     ruleset = dnsfiles.render_dns_forcing(list(config.dns)) if config.dns else None
-    return SetupPlan(binds=tuple(binds), nft_path=nft, nft_ruleset=ruleset, resolvers=tuple(resolvers))
+    return SetupPlan(binds=tuple(binds), nft_path=nft, nft_ruleset=ruleset, sysctls=(_ping_group_range(config),),
+                     resolvers=tuple(resolvers))
+
+
+def _ping_group_range(config: Config) -> tuple[str, str]:
+    """Let the command's groups open ICMP echo sockets, so `ping` works unprivileged.
+
+    A new netns starts with "1 0" (nobody), and the command holds no
+    CAP_NET_RAW over the netns, so ping could use neither kind of socket.
+    The range names gids as the netns owner's user namespace maps them:
+    rootless that namespace maps only gid 0 (the caller's gid, which the
+    command has), rootful every gid. Distributions set the same for the host.
+    """
+    return ("/proc/sys/net/ipv4/ping_group_range", "0 0" if not config.rootful else "0 2147483647")
 
 
 def apply(plan: SetupPlan) -> None:
@@ -92,5 +120,11 @@ def apply(plan: SetupPlan) -> None:
         if not os.path.isfile(real):
             raise NetwrapError(f"cannot replace {target}: {real} does not exist")
         linux.mount(source, real, None, linux.MS_BIND)
+    for path, value in plan.sysctls:
+        try:
+            with open(path, "w") as f:
+                f.write(value)
+        except OSError as exc:
+            raise NetwrapError(f"cannot set {path.removeprefix('/proc/sys/')} to {value!r}: {exc.strerror}") from None
     if plan.nft_ruleset:
         run([plan.nft_path or "nft", "-f", "-"], input=plan.nft_ruleset)

@@ -39,11 +39,22 @@ class Outcome:
     started: bool = False
     resolvers: tuple[str, ...] = ()
     notes: list[str] = attrs.field(factory=list)
+    # -c: one netwrap.capture.ViewSummary per file written.
+    captures: list = attrs.field(factory=list)
+    # The network policy's engine (netwrap.policy_io.PolicyEngine), when one ran.
+    policy: object = None
 
 
 def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Outcome:
     outcome = Outcome(backend=backend.name, backend_version=probe.version)
     with contextlib.ExitStack() as stack:
+        capture = None
+        if config.capture is not None:
+            from netwrap.capture import CaptureSession
+
+            # First: a path that cannot be written is exit 2 with nothing started.
+            capture = CaptureSession.open(config.capture, backend=backend.name)
+            stack.callback(_end_capture, capture, outcome)
         # Signals reach us through a signalfd so the loop sees who sent them:
         # a terminal's SIGINT (si_code SI_KERNEL) already went to the command.
         watched = [*FORWARDED, signal.SIGCHLD]
@@ -75,16 +86,42 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
         handle = backend.start(target, config, probe)
         stack.callback(handle.stop)
         network = handle.wait_ready(READY_TIMEOUT)
+        if capture is not None:
+            capture.attach(target.calls, network, holder_pid)
+            # Stopped before the backend is, so the last packets still arrive.
+            stack.callback(_end_capture, capture, outcome)
+        if frontend.policy_flags(config) or config.summary:
+            from netwrap.policy_io import PolicyEngine
+
+            outcome.policy = PolicyEngine.prepare(config, target.calls, network, nft=nft)
+            if outcome.policy is not None:
+                # After the command, before the backend stops: the last flows are read in the sandbox.
+                stack.callback(outcome.policy.finish)
         scratch = make_private_dir("setup")
         stack.callback(remove_private_dir, scratch)
         plan = frontend.prepare(config, network, scratch, backend=backend.name, nft=nft)
         outcome.resolvers = plan.resolvers
+        if outcome.policy is not None:
+            plan = outcome.policy.merge(plan)
+            outcome.policy.start()  # the DNS proxy serves before the command's first query
+        if capture is not None:
+            capture.begin()
         _send(ours, "backend-ready", plan=plan.to_message())
         _expect(ours, "started")
         remove_private_dir(scratch)  # init's bind mounts keep what it needs
         outcome.started = True
         outcome.exit_status = _main_loop(ours, sigfd, init_pid, holder, handle, outcome)
     return outcome
+
+
+def _end_capture(capture, outcome: Outcome) -> None:
+    """Stop the capture (once; later calls are no-ops) and say what went wrong with it."""
+    if outcome.captures:
+        return
+    from netwrap.capture import report_errors
+
+    outcome.captures = capture.stop()
+    report_errors(outcome.captures, sys.stderr)
 
 
 def _send(chan: Channel, op: str, **fields) -> None:

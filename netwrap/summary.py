@@ -29,11 +29,30 @@ def lines(config: Config, outcome) -> list[str]:
         f"backend:  {outcome.backend}{version} ({mode})",
         f"command:  {' '.join(config.command)} as {who}",
         f"controls: {'; '.join(controls)}",
-        "capture:  off",
+        *_policy_lines(outcome),
+        *_capture_lines(outcome),
         f"exit:     {outcome.exit_status}",
     ]
     out += [f"note:     {note}" for note in outcome.notes]
     return out
+
+
+def _policy_lines(outcome) -> list[str]:
+    """The network policy in force and how many flows it allowed and refused."""
+    engine = getattr(outcome, "policy", None)
+    if engine is None:
+        return []
+    out = [f"policy:   {'; '.join(engine.controls())}"]
+    flows = engine.flows_line()
+    if flows:
+        out.append(f"flows:    {flows}")
+    return out
+
+
+def _capture_lines(outcome) -> list[str]:
+    """One line per capture view: file, packets captured, packets dropped."""
+    views = getattr(outcome, "captures", None) or []
+    return [f"capture:  {view.line()}" for view in views] or ["capture:  off"]
 
 
 def report(config: Config, outcome, stream: TextIO) -> None:

@@ -457,3 +457,21 @@ def test_deny_always_wins(allow, deny, proto, addr, port):
         getattr(addr, "ipv4_mapped", None) or addr), port_or_none, {})]
     if denying and not d.source == "local":
         assert d.verdict == "deny" and d.rule == denying[0]
+
+
+# --- The same specs through the command line ------------------------------
+
+
+@pytest.mark.parametrize("spec, reason", MALFORMED)
+@pytest.mark.parametrize("flag", ["--allow", "--deny"])
+def test_malformed_specs_through_the_cli(spec, reason, flag):
+    from netwrap import cli
+
+    if flag == "--deny" and "IDNA" in reason:
+        reason = "non-ASCII"
+    with pytest.raises(UsageError) as info:
+        cli.parse([f"{flag}={spec}", "--", "true"])  # '=': a spec may start with '-'
+    message = str(info.value)
+    assert info.value.exit_status == 2 and "\n" not in message
+    assert message.startswith(f"invalid {flag} spec {repr(spec if len(spec) <= 200 else spec[:200])}")
+    assert reason.split("(")[0].strip() in message, message
