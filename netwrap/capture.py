@@ -214,12 +214,13 @@ class CaptureSession:
         for name, view in self.views.items():
             summaries.append(ViewSummary(name, view.writer.stop(deadline, tap_stats.get(name, {}))))
         if self._thread is None or not self._thread.is_alive():
-            for ring in rings:
-                ring.close()
-            for fd in (self._wake_r, self._wake_w):
-                if fd >= 0:
-                    os.close(fd)
+            fds = [fd for fd in (self._wake_r, self._wake_w) if fd >= 0]
             self._wake_r = self._wake_w = -1
+            # Closing a packet socket waits for an RCU grace period (~20 ms
+            # here, each); nothing reads the rings any more, so they close in
+            # the background while netwrap stops the backend.
+            threading.Thread(target=_close_all, args=(rings, fds), name="netwrap-capture-close",
+                             daemon=True).start()
         self._summaries = summaries
         return summaries
 
@@ -371,6 +372,13 @@ class CaptureSession:
                 name = f"if{hp.ifindex}"
             iface = view.iface(hp.ifindex, name, linktype_of(hp.hatype))
         view.submit(iface, hp.ts_ns, hp.frame)
+
+
+def _close_all(rings: list[PacketRing], fds: list[int]) -> None:
+    for ring in rings:
+        ring.close()
+    for fd in fds:
+        os.close(fd)
 
 
 def sandbox_uplink(netns_pid: int) -> str | None:
