@@ -13,22 +13,23 @@ the capturing client alternately. Reported, never asserted: the receiver's
 Gbit/s (median), the packets the capture stored, and every drop it counted
 (queue, ring, write), from --summary.
 
-The target is >= 1 Gbit/s with no drop over tunrelay's fast path. tunrelay
-does not ship yet, so every shipped backend is measured; once it does, it is
-in netwrap.backends.BUILTIN and measured here like the others (its fast path
-carries TCP over the sandbox's lo, which the capture reads through the same
-kind of ring), or name it with --backends.
+The target is >= 1 Gbit/s with no drop over tunrelay's fast path: every
+shipped backend is measured, tunrelay once per TCP path (`tunrelay:tproxy`,
+the fast path, whose TCP the capture reads on the sandbox's lo, and
+`tunrelay:nat`); --backends takes NAME or NAME:TUNRELAY_TCP_PATH.
 
 Capture files go to --dir (default: a temporary directory on the same disk as
 /tmp), and are removed after each run: only their sizes are kept.
 
 Measured on the dev VM (2 vCPUs, kernel 6.18, 4 s runs, 2 repetitions, other
 test runs sharing the machine), Gbit/s plain -> with -c, drops:
-  paced 1G, up and down   pasta, slirp4netns, tunrelay (fast path, TCP over
-                          lo): 1.00 -> 1.00, 0 dropped, ~500 MB per file
+  paced 1G, up and down   pasta, slirp4netns, tunrelay tproxy (fast path, TCP
+                          over lo) and nat: 1.00 -> 1.00, 0 dropped, ~500 MB
+                          per 4 s file
   unpaced, download       pasta 8.6 -> 5.5, slirp4netns 6.9 -> 5.0,
-                          tunrelay 14.7 -> 9.5; the writer falls behind at
-                          these rates: 20-40 % of packets dropped and counted
+                          tunrelay tproxy 14.7 -> 9.5 (nat 4.7 -> 3.7); the
+                          writer falls behind at these rates: 20-40 % of
+                          packets dropped and counted
   unpaced, upload         slirp4netns 4.1 -> 1.8, tunrelay 15.2 -> 11.6
                           (pasta's own upload is erratic here: 0.1-0.4 plain)
 The command is never blocked: what costs throughput unpaced is CPU shared
@@ -81,7 +82,9 @@ def one_run(world: World, backend: str, user: str | bool, seconds: float, revers
               "--connect-timeout", "5000"] + (["--reverse"] if reverse else [])
     if bitrate != "max":
         client += ["--bitrate", bitrate]
-    args = ["--backend", backend] + (["--summary", "-c", str(capture)] if capture else []) + ["--", *client]
+    name, _, tcp_path = backend.partition(":")
+    args = ["--backend", name] + (["--tunrelay-tcp", tcp_path] if tcp_path else [])
+    args += (["--summary", "-c", str(capture)] if capture else []) + ["--", *client]
     done = world.netwrap(*args, user=user, timeout=seconds + 60)
     row: dict = {"status": done.returncode}
     try:
@@ -106,7 +109,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--backends", default=",".join(BUILTIN))
+    default = [b for name in BUILTIN for b in ([f"{name}:tproxy", f"{name}:nat"] if name == "tunrelay" else [name])]
+    ap.add_argument("--backends", default=",".join(default))
     ap.add_argument("--dir", default=None, help="where capture files are written (default: a temp dir)")
     ap.add_argument("--user", default=None, help="run as this user (default: the world's test user)")
     ap.add_argument("--json", default=None, help="also write the raw rows here")
@@ -128,7 +132,8 @@ def main() -> int:
                     for bitrate in opts.bitrates.split(","):
                         for reverse in (False, True):
                             for capturing in (False, True):
-                                target = base / f"{backend}-{rep}-{int(reverse)}.pcapng" if capturing else None
+                                name = f"{backend.replace(':', '-')}-{rep}-{int(reverse)}.pcapng"
+                                target = base / name if capturing else None
                                 row = one_run(world, backend, user, opts.seconds, reverse, target, bitrate)
                                 row.update(backend=backend, rep=rep, direction="down" if reverse else "up",
                                            capture=capturing, bitrate=bitrate)
