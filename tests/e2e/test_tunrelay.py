@@ -193,10 +193,11 @@ def test_auto_falls_back_to_tunrelay(world: World, as_user: bool, missing: tuple
     env = {"PATH": _path_without(world, *missing)}
     tag = f"fallback-{'-'.join(missing)}-{as_user}-{time.monotonic_ns()}"
     mark = world.mark()
-    done = world.netwrap("--summary", "--", "curl", "-sS", "-m", "10", "-H", f"X-Test: {tag}",
-                         f"http://{World.WORLD_V4}/hello", user=as_user, env=env)
+    # The README's first command, with the world's CA: a name, DNS, HTTPS.
+    done = world.netwrap("--summary", "--", "curl", "-sSI", "-m", "10", "--cacert", str(world.ca_file),
+                         "-H", f"X-Test: {tag}", "https://example.com/hello", user=as_user, env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "hello from the world\n"
+    assert done.stdout.startswith("HTTP/1.1 200"), done.stdout
     assert "netwrap: backend:  tunrelay" in done.stderr
     # (the log may still be taking records from an earlier load test: find ours)
     world.wait_log(lambda: world.http_log(since=mark),
