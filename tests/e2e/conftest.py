@@ -31,7 +31,10 @@ class BackendVariant(str):
 
 
 # Extra variants of a backend, by name; a backend not listed runs once.
-VARIANTS: dict[str, list[BackendVariant]] = {}
+VARIANTS = {
+    "tunrelay": [BackendVariant("tunrelay", "--tunrelay-tcp", "tproxy", id="tunrelay-tproxy"),
+                 BackendVariant("tunrelay", "--tunrelay-tcp", "nat", id="tunrelay-nat")],
+}
 
 # Every backend netwrap ships runs the same conformance tests; CI installs
 # them all, so none is skipped there.
