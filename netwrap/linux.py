@@ -91,6 +91,16 @@ def read_signalfd(fd: int) -> tuple[int, int, int]:
     return signo, code, pid
 
 
+def drain_signalfd(fd: int) -> None:
+    """Discard the signals queued on a signalfd (read until it would block)."""
+    os.set_blocking(fd, False)
+    try:
+        while os.read(fd, SIGNALFD_SIGINFO_SIZE):
+            pass
+    except BlockingIOError:
+        pass
+
+
 # --- interface flags through ioctl: bringing lo up needs no netlink library ---
 
 _SIOCGIFFLAGS = 0x8913

@@ -62,6 +62,11 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
         stack.callback(signal.pthread_sigmask, signal.SIG_SETMASK, old_mask)
         sigfd = linux.signalfd(watched)
         stack.callback(os.close, sigfd)
+        # Runs first on the way out: a terminal's Ctrl-C reached the command
+        # and us alike; if the command's exit was read before that SIGINT,
+        # it is still queued and would hit us once the mask is restored,
+        # turning the command's status into 130.
+        stack.callback(linux.drain_signalfd, sigfd)
 
         ours, theirs = Channel.pair()
         stack.callback(ours.close)
