@@ -81,6 +81,8 @@ NFTA_SET_ELEM_KEY = 1
 NFTA_DATA_VALUE = 1
 NFPROTO_INET = 1
 
+_IPV6_OPTION_HEADERS = frozenset({0, 43, 60})
+
 PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
                socket.IPPROTO_ICMPV6: "icmpv6"}
 
@@ -324,8 +326,8 @@ def parse_nflog(msg: Message) -> Optional[LoggedPacket]:
 def parse_ip_packet(packet: bytes) -> Optional[tuple[str, Endpoint, Endpoint, int]]:
     """(protocol, source, destination, length) of an IPv4/IPv6 packet; None if unparsable.
 
-    IPv6 extension headers are not walked: such a packet reports the next
-    header's number and no ports (the policy's rules see the same thing).
+    IPv6 option headers are skipped; any other extension header (a fragment)
+    is reported as the protocol, without ports.
     """
     if not packet:
         return None
@@ -342,6 +344,10 @@ def parse_ip_packet(packet: bytes) -> Optional[tuple[str, Endpoint, Endpoint, in
         number = packet[6]
         src, dst = ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40])
         l4 = packet[40:]
+        # Hop-by-hop, routing and destination options (MLD reports carry the
+        # first): skip to the transport header, as nftables does.
+        while number in _IPV6_OPTION_HEADERS and len(l4) >= 8:
+            number, l4 = l4[0], l4[(l4[1] + 1) * 8:]
     else:
         return None
     sport = dport = None

@@ -19,8 +19,9 @@ Only the command's own, locally generated traffic is filtered, so there is
 no forward or input chain.  Chain order is the order of Policy.decide:
 the sandbox's own addresses, (--offline: refuse all else), established and
 related packets (replies to allowed flows and to published ports), IPv6
-neighbour discovery (without it no IPv6 works at all, and fe80::/10 is a
-private range), --deny rules, the resolver on port 53, --block-metadata,
+neighbour discovery and multicast listener reports (the kernel's own upkeep
+of the link: without the first no IPv6 works at all, and fe80::/10 is a
+private range; the second only announces multicast groups), --deny rules, the resolver on port 53, --block-metadata,
 --block-private, --allow rules, the default.
 
 Why ``fib daddr type local`` and not ``oif "lo"``: tunrelay's fast path
@@ -105,7 +106,8 @@ RULE_TAG_BASE = 16
 
 _REFUSE = f"jump {REFUSE_CHAIN}"
 _PROXY_MATCH = f"meta mark & {PROXY_MARK:#010x} == {PROXY_MARK:#010x}"
-_NDP_TYPES = "{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert }"
+_NDP_TYPES = ("{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, "
+              "mld-listener-report, mld-listener-done, mld2-listener-report }")
 _COMMENT_MAX = 120  # nft caps comments at 128 bytes
 
 
@@ -288,10 +290,13 @@ def _render_chains(out: _Writer, policy: Policy, rule_lines: list[_Line], log_gr
     out.line(2, f"type filter hook output priority filter; policy {chain_policy};")
     out.line(2, 'fib daddr type local accept comment "the sandbox itself"')
     if policy.offline:
+        if log_group is not None:
+            # Refused too, but the kernel's link upkeep is no flow of the command's.
+            out.line(2, f'icmpv6 type {_NDP_TYPES} {_REFUSE} comment "IPv6 link upkeep"')
         out.line(2, _verdict(_Line("", True, TAG_OFFLINE, "--offline"), log_group))
     else:
         out.line(2, "ct state established,related accept")
-        out.line(2, f'icmpv6 type {_NDP_TYPES} accept comment "IPv6 neighbour discovery"')
+        out.line(2, f'icmpv6 type {_NDP_TYPES} accept comment "IPv6 neighbour discovery, multicast listeners"')
         if proxied:
             # Only queries that passed the --deny rules reach the proxy.
             out.line(2, f'{_PROXY_MATCH} udp dport 53 accept comment "netwrap\'s DNS proxy"')

@@ -195,3 +195,13 @@ def test_any_conntrack_body_parses_or_raises_format_error(body, sub):
         nl.parse_ct_event(msg)
     except nl.NetlinkFormatError:
         pass
+
+
+def test_ipv6_hop_by_hop_is_skipped():
+    # An MLDv2 report: hop-by-hop (router alert) then ICMPv6 type 143.
+    hbh = bytes([58, 0, 5, 2, 0, 0, 1, 0])
+    icmp = bytes([143, 0, 0, 0, 0, 0, 0, 1]) + b"\0" * 20
+    packet = (struct.pack(">IHBB", 0x60000000, len(hbh) + len(icmp), 0, 1) + ip("fe80::1").packed
+              + ip("ff02::16").packed + hbh + icmp)
+    proto, src, dst, length = nl.parse_ip_packet(packet)
+    assert proto == "icmpv6" and dst == nl.Endpoint(address=ip("ff02::16"), port=None) and length == 76
