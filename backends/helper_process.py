@@ -126,3 +126,22 @@ class HelperProcess:
             if pid:
                 self._status = status
         return self._status
+
+
+class DelegatesToProcess:
+    """The Handle methods a helper-backed backend answers from its HelperProcess."""
+
+    process: HelperProcess
+
+    def fileno(self) -> int | None:
+        return self.process.fileno()
+
+    def on_readable(self) -> None:
+        """Drain the helper's output so it never blocks on a full pipe."""
+        self.process.on_readable()
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def diagnostics(self) -> str:
+        return self.process.diagnostics()

@@ -26,7 +26,7 @@ from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
     NetworkInfo, Probe, Target,
 )
-from netwrap.backends.helper_process import HelperProcess
+from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
 from netwrap.errors import NetwrapError
 from netwrap.external import which
@@ -97,7 +97,7 @@ def _packaged_version(package: str) -> str | None:
     return f"{version} (distribution package)" if version else None
 
 
-class PastaHandle:
+class PastaHandle(DelegatesToProcess):
     """A running pasta, owned by the netwrap parent."""
 
     def __init__(self, *, process: HelperProcess, fifo_fd: int, workdir: str) -> None:
@@ -143,18 +143,6 @@ class PastaHandle:
                 error = self.process.failed_before_ready()
                 self.stop()
                 raise error
-
-    def fileno(self) -> int | None:
-        return self.process.fileno()
-
-    def on_readable(self) -> None:
-        self.process.on_readable()
-
-    def poll(self) -> int | None:
-        return self.process.poll()
-
-    def diagnostics(self) -> str:
-        return self.process.diagnostics()
 
     def stop(self, timeout: float = 2.0) -> None:
         self.process.stop(timeout)

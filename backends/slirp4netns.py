@@ -43,7 +43,7 @@ from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
     NetworkInfo, Probe, Target,
 )
-from netwrap.backends.helper_process import HelperProcess
+from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import probe_binary
 from netwrap.errors import NetwrapError
 from netwrap.external import debug, which
@@ -224,7 +224,7 @@ def host_has_v6_resolver(resolv_conf: str = RESOLV_CONF) -> bool:
     return False
 
 
-class Slirp4netnsHandle:
+class Slirp4netnsHandle(DelegatesToProcess):
     """A running slirp4netns, owned by the netwrap parent."""
 
     def __init__(self, *, process: HelperProcess, ready_fd: int, exit_fd: int, workdir: str, api_socket: str,
@@ -310,20 +310,6 @@ class Slirp4netnsHandle:
         error = self.process.failed_before_ready()
         self.stop()
         raise error
-
-    def fileno(self) -> int | None:
-        return self.process.fileno()
-
-    def on_readable(self) -> None:
-        """Drain slirp4netns's output (it logs every API call) so it never blocks."""
-        self.process.on_readable()
-
-    def poll(self) -> int | None:
-        return self.process.poll()
-
-    def diagnostics(self) -> str:
-        """Its output less the banner, progress lines and usage text."""
-        return self.process.diagnostics()
 
     def publish(self, proto: str, host_port: int, guest_port: int, host_addr: str = "0.0.0.0") -> int:
         """Forward host_addr:host_port on the host to the sandbox's guest_port; the rule's id."""
