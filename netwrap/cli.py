@@ -34,9 +34,11 @@ usage (nothing is started).
 
 
 POLICY_HELP = """\
-Enforced by nftables in the sandbox, the same over every backend; the command
-cannot lift it (unless --as-root). A refused TCP connect fails at once
-(connection refused), refused UDP and ICMP get an ICMP error.
+Enforced by nftables in the sandbox, the same over every backend (tunrelay
+without nftables: by its own engine, --allow hostnames resolved at start only,
+no --flow-log); the command cannot lift it (unless --as-root). A refused TCP
+connect fails at once (connection refused), refused UDP and ICMP get an ICMP
+error.
 SPEC: [tcp://|udp://|icmp://]HOST[:PORTS] (tcp:// if none); HOST is an IP,
 a CIDR, [IPv6] or [IPv6/len] when ports follow, a hostname (--allow only) or *;
 PORTS: 80,443,8000-8080 or *. Examples: 93.184.215.14:80,
@@ -250,11 +252,11 @@ def _run(config) -> int:
     from netwrap import backends, external, frontend
 
     external.verbosity = config.verbosity
-    nft = frontend.check(config)
     from netwrap.run import run
     from netwrap.summary import report
 
     backend, probe = backends.select(config.backend)
+    nft = frontend.check(config, backend.name)
     backends.check_capabilities(backend, config)
     outcome = run(config, backend, probe, nft=nft)
     if config.summary:

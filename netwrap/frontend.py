@@ -52,12 +52,21 @@ def policy_flags(config: Config) -> list[str]:
                                    ("--flow-log", config.flow_log is not None)) if on]
 
 
-def check(config: Config) -> str | None:
-    """Refuse, before anything starts, what this machine cannot do; the nft path if needed."""
+def check(config: Config, backend: str | None = None) -> str | None:
+    """Refuse, before anything starts, what this machine cannot do; the nft path if needed.
+
+    ``backend`` is the backend's name once chosen: without nftables, tunrelay
+    judges every new flow in its own engine (its TUN NAT path sees every
+    packet), so only the flow log, which reads conntrack, still needs nft.
+    """
     policy = policy_flags(config)
     if policy and which("nft") is None:
-        raise NetwrapError(f"{policy[0]} needs nftables to enforce the network policy in the sandbox; "
-                           "install the 'nftables' package")
+        if backend != "tunrelay":
+            raise NetwrapError(f"{policy[0]} needs nftables to enforce the network policy in the sandbox; "
+                               "install the 'nftables' package")
+        if config.flow_log is not None:
+            raise NetwrapError("--flow-log needs nftables (it reads the sandbox's conntrack); "
+                               "install the 'nftables' package")
     if not config.dns:
         return which("nft") if policy else None
     nft = which("nft")

@@ -48,6 +48,7 @@ bookkeeping: netwrap.flowlog.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import random
@@ -56,14 +57,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
 from netwrap import dnsmsg, flowlog, nfnetlink, policy_nft
 from netwrap.errors import NetwrapError
 from netwrap.external import debug, which
 from netwrap.frontend import policy_flags
-from netwrap.rules import IPAddress, Policy, build_policy, normalize_address, normalize_hostname_key
+from netwrap.rules import Decision, IPAddress, Policy, build_policy, normalize_address, normalize_hostname_key
 
 NFLOG_GROUP = 0x4E57  # the sandbox's own netns: no other user of the group
 RCVBUF = 4 << 20
@@ -80,6 +81,19 @@ def build(config: Any, *, host_addresses: Iterable[str] = (), dns_servers: Itera
                         offline=config.offline, block_private=config.block_private,
                         block_metadata=config.block_metadata, host_addresses=host_addresses,
                         dns_servers=dns_servers)
+
+
+def start_time_decide(config: Any, network: Any) -> Callable[..., Decision]:
+    """The run's Policy.decide for an engine that judges each new flow itself
+    (tunrelay without nftables), on the addresses the child sends to.
+
+    --allow hostnames are resolved once, now: without nftables there is no
+    DNS proxy to add the addresses the sandbox's DNS answers later.
+    """
+    resolvers = list(config.dns) if config.dns else list(network.dns)
+    policy = build(config, dns_servers=resolvers, host_addresses=host_addresses(network))
+    resolved = resolve_at_start(policy.hostnames, _hosts_texts(config)) if policy.hostnames else {}
+    return functools.partial(policy.decide, resolved_names=resolved)
 
 
 # --- where the host is ---------------------------------------------------------------------------

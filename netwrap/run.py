@@ -95,7 +95,11 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
             capture.attach(target.calls, network, holder_pid)
             # Stopped before the backend is, so the last packets still arrive.
             stack.callback(_end_capture, capture, outcome)
-        if frontend.policy_flags(config) or config.summary:
+        if getattr(handle, "enforces_policy", False):
+            # No nftables: the backend's own engine judges each new flow.
+            outcome.notes.append(f"network policy enforced by {backend.name}'s engine (no nftables): "
+                                 "--allow hostnames resolved at start only, no flow counts")
+        elif frontend.policy_flags(config) or config.summary:
             from netwrap.policy_io import PolicyEngine
 
             outcome.policy = PolicyEngine.prepare(config, target.calls, network, nft=nft)

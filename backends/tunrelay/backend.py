@@ -30,6 +30,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 from netwrap import __version__
 from netwrap.backends import (
@@ -37,9 +38,13 @@ from netwrap.backends import (
 )
 from netwrap.errors import NetwrapError
 from netwrap.external import debug, which
+from netwrap.frontend import policy_flags
 
 from . import addressing as A
 from . import netlink, tproxy
+from .core import policy_from_decide
+from .nat import ACCEPT, Policy, Verdict
+from .packets import TCP, Packet
 from .vnet import (
     IFF_NO_PI, IFF_TUN, IFF_VNET_HDR, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6, VNET_HDR_LEN,
 )
@@ -112,6 +117,8 @@ def _raise_fd_limit() -> int:
 
 class TunrelayHandle:
     pid: int | None = None  # in-process: no helper to signal
+    # The network policy is judged by the core (no nftables): netwrap.run sets up no nft engine.
+    enforces_policy: bool = False
 
     def __init__(self, *, stack: contextlib.ExitStack, engine, thread: threading.Thread, path: str,
                  notify_r: int, info: NetworkInfo, verbosity: int) -> None:
@@ -175,8 +182,21 @@ class TunrelayHandle:
                 allow_host_loopback=config.allow_host_loopback,
                 is_local=A.LocalAddressCache(time.monotonic),
             )
+            info = NetworkInfo(interface=A.TUN_NAME,
+                               addresses=(f"{A.ADDRESS_V4}/{A.PREFIX_V4}", f"{A.ADDRESS_V6}/{A.PREFIX_V6}"),
+                               gateways=(A.GATEWAY_V4, A.GATEWAY_V6), dns=(A.DNS_V4, A.DNS_V6),
+                               internal_networks=(A.POOL_V4, A.POOL_V6) if chosen == "nat" else ())
             udp_flows = max(64, min(4096, nofile // 4))
-            core = RelayCore(CoreConfig(nat=nat, udp_max_flows=udp_flows), policy=destinations.policy)
+            core_policy = destinations.policy
+            # Without nftables nothing in the sandbox enforces --allow/--deny/...;
+            # on the NAT path every packet of the child, TCP SYNs included,
+            # passes the core, so the core judges each new flow instead.
+            enforces_policy = chosen == "nat" and which("nft") is None and bool(policy_flags(config))
+            if enforces_policy:
+                from netwrap.policy_io import start_time_decide
+
+                core_policy = _ruled(start_time_decide(config, info), destinations.policy)
+            core = RelayCore(CoreConfig(nat=nat, udp_max_flows=udp_flows), policy=core_policy)
             gate = None
             if chosen == "tproxy":
                 gate = SynGate(counters=core.counters, policy=destinations.policy,
@@ -207,12 +227,9 @@ class TunrelayHandle:
                     os.close(notify_w)  # EOF: netwrap's loop looks at poll()
 
             thread = threading.Thread(target=main, name="tunrelay", daemon=True)
-            info = NetworkInfo(interface=A.TUN_NAME,
-                               addresses=(f"{A.ADDRESS_V4}/{A.PREFIX_V4}", f"{A.ADDRESS_V6}/{A.PREFIX_V6}"),
-                               gateways=(A.GATEWAY_V4, A.GATEWAY_V6), dns=(A.DNS_V4, A.DNS_V6),
-                               internal_networks=(A.POOL_V4, A.POOL_V6) if chosen == "nat" else ())
             handle = cls(stack=stack, engine=engine, thread=thread, path=chosen, notify_r=notify_r,
                          info=info, verbosity=verbosity)
+            handle.enforces_policy = enforces_policy
             handle_box.append(handle)
             try:
                 thread.start()
@@ -286,6 +303,20 @@ def _read(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+def _ruled(decide: Callable[..., Any], passes: Policy) -> Policy:
+    """The run's rules first, on the address the child sent to (as nftables
+    in the sandbox would judge it), then where an allowed flow goes.
+    Refused TCP gets a reset, the rest ICMP admin-prohibited: both fail fast."""
+    tcp = policy_from_decide(decide, reject="rst")
+    other = policy_from_decide(decide)
+
+    def policy(pkt: Packet) -> Verdict:
+        verdict = (tcp if pkt.proto == TCP else other)(pkt)
+        return verdict if verdict.action != ACCEPT else passes(pkt)
+
+    return policy
 
 
 def _open_tun(calls) -> int:

@@ -12,8 +12,10 @@ import json
 import os
 import subprocess
 import time
+from types import SimpleNamespace
 
 import pytest
+from test_tunrelay import path_without_nft
 
 from world.harness import World
 
@@ -386,16 +388,66 @@ def test_bad_policy_input_is_exit_2_nothing_started(world: World, args, message)
     assert not marker.exists()
 
 
+# tunrelay enforces the policy in its own engine when nft is missing (see below).
+@pytest.mark.parametrize("backend", ["pasta", "slirp4netns"])
 def test_policy_without_nft_is_125_naming_the_package(world: World, backend: str) -> None:
     bindir = world.user_dir("bin")
     for name in ("sh", "true", "ip", "pasta", "passt", "slirp4netns", "dpkg-query"):
         for d in ("/usr/sbin", "/usr/bin"):
             if os.path.exists(f"{d}/{name}") and not (bindir / name).exists():
                 (bindir / name).symlink_to(f"{d}/{name}")
-    done = world.netwrap(*backend.argv, "--block-private", "--", "true", env={"PATH": str(bindir)})
+    done = world.netwrap("--backend", backend, "--block-private", "--", "true", env={"PATH": str(bindir)})
     assert done.returncode == 125
     assert done.stderr.splitlines() == [done.stderr.strip()], done.stderr
     assert "--block-private needs nftables" in done.stderr and "'nftables' package" in done.stderr
+
+
+# -- tunrelay without nftables: its engine judges each new flow ------------------------------------------
+
+TUNRELAY = SimpleNamespace(argv=["--backend", "tunrelay"])
+ENGINE_NOTE = "network policy enforced by tunrelay's engine (no nftables)"
+
+
+def test_tunrelay_engine_allow_list_without_nft(world: World, as_user: bool) -> None:
+    mark = world.mark()
+    done = world.netwrap("--backend", "tunrelay", "--allow", f"{World.WORLD_V4}:80", "--summary", "--",
+                         world.python, "-c", PROBE, *[json.dumps(a) for a in [
+                             http(f"http://{World.WORLD_V4}/hello"),
+                             http(f"http://{World.WORLD_V4}:8080/hello"),
+                             http("http://203.0.113.80/hello"),
+                         ]], user=as_user, env={"PATH": path_without_nft(world)})
+    assert done.returncode == 0, done.stderr
+    allowed, other_port, other_host = json.loads(done.stdout)
+    assert allowed["result"] == "ok 200 hello from the world", allowed
+    assert refused_fast(other_port) and refused_fast(other_host), (other_port, other_host)
+    assert ENGINE_NOTE in done.stderr, done.stderr
+    [request] = world.http_log(since=mark)
+    assert request["local"] == World.WORLD_V4 and request["path"] == "/hello", request
+
+
+def test_tunrelay_engine_deny_icmp_and_offline_without_nft(world: World, as_user: bool) -> None:
+    env = {"PATH": path_without_nft(world)}
+    mark = world.mark()
+    [ping, get] = probe(world, TUNRELAY, ["--deny", "icmp://*"], [
+        ["error_line", "ping", "-c", "1", "-W", "5", World.WORLD_V4],
+        http(f"http://{World.WORLD_V4}/hello"),
+    ], user=as_user, env=env)
+    assert ping["status"] != 0 and ping["first"] is not None and ping["first"] < BLOCKED_FAST, ping
+    assert get["result"] == "ok 200 hello from the world", get
+    assert locals_seen(world.http_log(since=mark)) == {World.WORLD_V4}  # only the ICMP rule refuses
+    mark = world.mark()
+    [offline] = probe(world, TUNRELAY, ["--offline"], [http(f"http://{World.WORLD_V4}/hello")],
+                      user=as_user, env=env)
+    assert refused_fast(offline), offline
+    assert world.http_log(since=mark) == []
+
+
+def test_tunrelay_flow_log_without_nft_is_125(world: World) -> None:
+    log = world.user_dir("flows-no-nft") / "flows.jsonl"
+    done = world.netwrap("--backend", "tunrelay", "--allow", f"{World.WORLD_V4}:80", "--flow-log", str(log),
+                         "--", "true", env={"PATH": path_without_nft(world)})
+    assert done.returncode == 125, done.stderr
+    assert "--flow-log needs nftables" in done.stderr and "'nftables' package" in done.stderr
 
 
 # -- flow log and summary --------------------------------------------------------------------------------

@@ -50,6 +50,15 @@ def test_policy_without_nft_is_refused_naming_the_package(monkeypatch):
     with pytest.raises(NetwrapError, match="--offline needs nftables .*install the 'nftables' package"):
         frontend.check(parse("--offline"))
     assert frontend.check(parse()) is None  # nothing asked, nothing needed
+    with pytest.raises(NetwrapError, match="--offline needs nftables"):
+        frontend.check(parse("--offline"), "pasta")
+
+
+def test_tunrelay_without_nft_enforces_in_its_engine_but_refuses_the_flow_log(monkeypatch):
+    monkeypatch.setattr(frontend, "which", lambda name: None)
+    assert frontend.check(parse("--offline"), "tunrelay") is None
+    with pytest.raises(NetwrapError, match="--flow-log needs nftables .*'nftables' package"):
+        frontend.check(parse("--allow", "1.2.3.4", "--flow-log", "/tmp/x"), "tunrelay")
 
 
 def test_help_names_the_policy_flags(capsys):
