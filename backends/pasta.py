@@ -138,6 +138,9 @@ class PastaHandle(DelegatesToProcess):
                 self.process.on_readable()
             if self._fifo_fd in readable and os.read(self._fifo_fd, 64).strip():
                 self._close_fifo()
+                # The pid FIFO has done its job: nothing of ours is left on
+                # disk for the rest of the run, even if netwrap is SIGKILLed.
+                remove_private_dir(self._workdir)
                 return NetworkInfo(dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
             if self.process.fileno() is None:  # EOF: pasta is gone
                 error = self.process.failed_before_ready()

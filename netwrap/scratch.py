@@ -16,6 +16,7 @@ def make_private_dir(prefix: str) -> str:
     base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
     if not os.access(base, os.W_OK | os.X_OK):
         base = "/tmp"
+    sweep_stale(base)
     for _ in range(10):
         path = os.path.join(base, f"netwrap-{prefix}-{os.getpid()}-{os.urandom(4).hex()}")
         try:
@@ -43,3 +44,31 @@ def remove_private_dir(path: str) -> None:
         os.rmdir(path)
     except OSError:
         pass
+
+
+def sweep_stale(base: str) -> None:
+    """Remove directories a killed netwrap left here: ours, and their pid is gone.
+
+    A netwrap stopped by SIGKILL cannot clean up after itself; the next run
+    does it (names carry the pid that made them).
+    """
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    uid = os.getuid()
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[0] != "netwrap" or not parts[-2].isdigit():
+            continue
+        path = os.path.join(base, name)
+        try:
+            st = os.lstat(path)
+            if st.st_uid != uid or not os.path.isdir(path) or os.path.islink(path):
+                continue
+            os.kill(int(parts[-2]), 0)
+            continue  # its netwrap is alive
+        except ProcessLookupError:
+            remove_private_dir(path)
+        except (OSError, ValueError):
+            continue

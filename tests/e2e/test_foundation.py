@@ -182,6 +182,9 @@ def test_kill_9_ends_backend_and_tree_within_2s(world: World, backend: str, as_u
         while tagged_processes(tag) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert tagged_processes(tag) == []
+        # A killed netwrap cannot remove its scratch dirs; the next run does.
+        assert netwrap(world, backend, "--", "true", user=as_user).returncode == 0
+        assert [n for n in os.listdir("/tmp") if n.startswith("netwrap-") and f"-{proc.pid}-" in n] == []
     finally:
         if proc.poll() is None:
             proc.kill()
