@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         parsed = parse(argv)
         if parsed == "doctor":
             sys.exit(_subcommand("doctor", []))
-        sys.exit(_run(parsed))
+        _exit_now(_run(parsed))
     except UsageError as exc:
         _say(f"error: {exc}")
         sys.exit(EXIT_USAGE)
@@ -226,6 +226,21 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(EXIT_FAILURE)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End a run without the interpreter's teardown.
+
+    By now every resource of the run has been released by its owner (the
+    run's ExitStack), so unwinding modules and collecting garbage only adds
+    about 10 ms to every `netwrap -- cmd`. Output is flushed first.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken pipe: nothing more can be said there
+    os._exit(status)
 
 
 def _say(line: str) -> None:
