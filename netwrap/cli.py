@@ -178,12 +178,27 @@ def _policy(args: argparse.Namespace) -> dict:
 
         build_policy(allow=args.allow, deny=args.deny, default_policy=args.default_policy, offline=args.offline)
     if args.flow_log is not None:
-        try:  # can it be written? (opened for real, and emptied, once the run starts)
-            with open(args.flow_log, "a", encoding="utf-8"):
-                pass
-        except OSError as exc:
-            raise UsageError(f"--flow-log {args.flow_log!r}: {exc.strerror}") from None
+        _check_writable("--flow-log", args.flow_log)
     return fields
+
+
+def _check_writable(flag: str, path: str) -> None:
+    """Exit 2 now if `path` cannot be written; it is opened for real once the run starts.
+
+    Trying is the only exact test (permissions, read-only mounts, ACLs), but
+    a refused run must leave nothing behind, so a file made by the try goes.
+    """
+    existed = os.path.lexists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path!r}: {exc.strerror}") from None
+    if not existed:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _read_hosts_file(path: str) -> str:

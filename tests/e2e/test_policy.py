@@ -448,6 +448,7 @@ def test_tunrelay_flow_log_without_nft_is_125(world: World) -> None:
                          "--", "true", env={"PATH": path_without_nft(world)})
     assert done.returncode == 125, done.stderr
     assert "--flow-log needs nftables" in done.stderr and "'nftables' package" in done.stderr
+    assert not log.exists()  # a refused run leaves nothing behind
 
 
 # -- flow log and summary --------------------------------------------------------------------------------
