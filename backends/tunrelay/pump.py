@@ -31,10 +31,12 @@ import struct
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 F_SETPIPE_SZ = 1031
-# Bigger pipes mean fewer syscalls per MiB; an unprivileged user's pipes are
+# Bigger pipes mean fewer syscalls per MiB (1 MiB measured a few per cent
+# over 512 KiB on one download stream); an unprivileged user's pipes are
 # capped by fs.pipe-user-pages-soft (16384 pages by default), so the pool
 # keeps its idle pipes few and falls back to the default size when refused.
-PIPE_SIZE = 512 * 1024
+# Capacity costs no memory until bytes are in flight.
+PIPE_SIZE = 1024 * 1024
 ROUNDS = 8  # splices per direction per run() before yielding to other flows
 # How a pump's sockets are watched: both ways, once, edge triggered.
 PUMP_EVENTS_HINT = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
