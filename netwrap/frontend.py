@@ -18,6 +18,7 @@ from netwrap.backends import NetworkInfo
 from netwrap.config import Config
 from netwrap.errors import NetwrapError
 from netwrap.external import run, which
+from netwrap.hostfiles import read_host_file
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 HOST_HOSTS = "/etc/hosts"
@@ -76,13 +77,6 @@ def check(config: Config, backend: str | None = None) -> str | None:
     return nft
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
 
 def _write(scratch: str, name: str, text: str) -> str:
     path = os.path.join(scratch, name)
@@ -96,12 +90,12 @@ def prepare(config: Config, network: NetworkInfo, scratch: str, *, backend: str,
     binds: list[tuple[str, str]] = []
     resolvers = list(config.dns) or list(network.dns)
     if resolvers:
-        search, options = dnsfiles.host_resolv_settings(_read(HOST_RESOLV_CONF))
+        search, options = dnsfiles.host_resolv_settings(read_host_file(HOST_RESOLV_CONF))
         origin = "forced resolver (--dns)" if config.dns else f"the {backend} backend's DNS address"
         text = dnsfiles.render_resolv_conf(resolvers, search=search, options=options, origin=origin)
         binds.append((_write(scratch, "resolv.conf", text), HOST_RESOLV_CONF))
     if config.hosts_text is not None or config.add_hosts:
-        base = config.hosts_text if config.hosts_text is not None else _read(HOST_HOSTS)
+        base = config.hosts_text if config.hosts_text is not None else read_host_file(HOST_HOSTS)
         binds.append((_write(scratch, "hosts", dnsfiles.render_hosts(base, list(config.add_hosts))), HOST_HOSTS))
     ruleset = dnsfiles.render_dns_forcing(list(config.dns)) if config.dns else None
     return SetupPlan(binds=tuple(binds), nft_path=nft, nft_ruleset=ruleset, sysctls=(_ping_group_range(config),),

@@ -64,6 +64,7 @@ from netwrap import dnsmsg, flowlog, nfnetlink, policy_nft
 from netwrap.errors import NetwrapError
 from netwrap.external import debug, which
 from netwrap.frontend import policy_flags
+from netwrap.hostfiles import read_host_file
 from netwrap.rules import Decision, IPAddress, Policy, build_policy, normalize_address, normalize_hostname_key
 
 NFLOG_GROUP = 0x4E57  # the sandbox's own netns: no other user of the group
@@ -120,18 +121,11 @@ def host_addresses(network: Any) -> list[str]:
     return list(out)
 
 
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
 
 def _local_v4() -> list[str]:
     """Local IPv4 addresses, from the kernel's FIB (no ioctl per interface)."""
     out, last = [], None
-    for line in _read("/proc/net/fib_trie").splitlines():
+    for line in read_host_file("/proc/net/fib_trie").splitlines():
         text = line.strip()
         if text.startswith("|-- "):
             last = text[4:]
@@ -142,7 +136,7 @@ def _local_v4() -> list[str]:
 
 def _local_v6() -> list[str]:
     out = []
-    for line in _read("/proc/net/if_inet6").splitlines():
+    for line in read_host_file("/proc/net/if_inet6").splitlines():
         fields = line.split()
         if len(fields) >= 6 and len(fields[0]) == 32:
             out.append(str(ipaddress.IPv6Address(bytes.fromhex(fields[0]))))
@@ -151,11 +145,11 @@ def _local_v6() -> list[str]:
 
 def _default_gateways() -> list[str]:
     out = []
-    for line in _read("/proc/net/route").splitlines()[1:]:
+    for line in read_host_file("/proc/net/route").splitlines()[1:]:
         fields = line.split()
         if len(fields) > 2 and fields[1] == "00000000" and fields[2] != "00000000":
             out.append(str(ipaddress.IPv4Address(bytes.fromhex(fields[2])[::-1])))
-    for line in _read("/proc/net/ipv6_route").splitlines():
+    for line in read_host_file("/proc/net/ipv6_route").splitlines():
         fields = line.split()
         if len(fields) > 4 and fields[0] == "0" * 32 and fields[1] == "00" and fields[4] != "0" * 32:
             out.append(str(ipaddress.IPv6Address(bytes.fromhex(fields[4]))))

@@ -39,6 +39,7 @@ from netwrap.backends import (
 from netwrap.errors import NetwrapError
 from netwrap.external import debug, which
 from netwrap.frontend import policy_flags
+from netwrap.hostfiles import read_host_file
 
 from . import addressing as A
 from . import netlink, tproxy
@@ -178,7 +179,7 @@ class TunrelayHandle:
                                 pool4=A.POOL_V4, pool6=A.POOL_V6, max_flows=max_flows,
                                 max_pending=min(1024, max_flows))
             destinations = A.Destinations(
-                resolver=A.first_resolver(_read("/etc/resolv.conf")),
+                resolver=A.first_resolver(read_host_file("/etc/resolv.conf")),
                 allow_host_loopback=config.allow_host_loopback,
                 is_local=A.LocalAddressCache(time.monotonic),
             )
@@ -296,13 +297,6 @@ class TunrelayHandle:
 
 
 # -- setup steps ---------------------------------------------------------------------------------
-
-def _read(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def _ruled(decide: Callable[..., Any], passes: Policy) -> Policy:

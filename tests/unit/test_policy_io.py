@@ -99,7 +99,7 @@ IPV6_ROUTE = ("00000000000000000000000000000000 00 00000000000000000000000000000
 def test_host_addresses_from_proc(monkeypatch):
     files = {"/proc/net/fib_trie": FIB_TRIE, "/proc/net/if_inet6": IF_INET6, "/proc/net/route": ROUTE,
              "/proc/net/ipv6_route": IPV6_ROUTE}
-    monkeypatch.setattr(policy_io, "_read", lambda path: files.get(path, ""))
+    monkeypatch.setattr(policy_io, "read_host_file", lambda path: files.get(path, ""))
     network = NetworkInfo(gateways=("10.0.2.2", "fd00::2"))
     assert policy_io.host_addresses(network) == ["192.0.2.2", "2001:db8:ff::2", "10.0.2.2", "fd00::2",
                                                  "192.0.2.1", "2001:db8:ff::1"]
