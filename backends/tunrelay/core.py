@@ -165,18 +165,23 @@ class RelayCore:
         self.counters.add(R.POLICY_DROP)
         return None
 
-    def _udp_out(self, pkt: Packet, now: float):
-        key = (pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        table = self.udp
+    def _flow_for(self, table, key: tuple, pkt: Packet, now: float):
+        """(flow, new, None) for a datagram flow, judged by the policy when
+        new; (None, True, answer) when the policy refuses it (answer: None
+        or the WriteTun telling the child)."""
         flow = table.get(key)
-        new = flow is None
-        if new:
-            verdict = self._decide(pkt)
-            if not isinstance(verdict, Verdict):
-                return verdict
-            flow = table.create(key, now, verdict.target)
-        else:
+        if flow is not None:
             table.touch(flow, now)
+            return flow, False, None
+        verdict = self._decide(pkt)
+        if not isinstance(verdict, Verdict):
+            return None, True, verdict
+        return table.create(key, now, verdict.target), True, None
+
+    def _udp_out(self, pkt: Packet, now: float):
+        flow, new, refused = self._flow_for(self.udp, (pkt.src, pkt.sport, pkt.dst, pkt.dport), pkt, now)
+        if flow is None:
+            return refused
         payload = pkt.frame[pkt.payload:pkt.end]
         v = pkt.vnet
         if v is not None and v.gso_type & ~GSO_ECN == GSO_UDP_L4:
@@ -185,17 +190,9 @@ class RelayCore:
         return UdpSend(flow, (payload,), new)
 
     def _echo_out(self, pkt: Packet, now: float):
-        key = (pkt.src, pkt.sport, pkt.dst, 0)
-        table = self.echo
-        flow = table.get(key)
-        new = flow is None
-        if new:
-            verdict = self._decide(pkt)
-            if not isinstance(verdict, Verdict):
-                return verdict
-            flow = table.create(key, now, verdict.target)
-        else:
-            table.touch(flow, now)
+        flow, new, refused = self._flow_for(self.echo, (pkt.src, pkt.sport, pkt.dst, 0), pkt, now)
+        if flow is None:
+            return refused
         return EchoSend(flow, pkt.seq, pkt.frame[pkt.payload:pkt.end], new)
 
     # -- TCP connect results and listener lookups ------------------------------
