@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def main() -> int:
     rows: list[dict] = []
     with open_world(REPO) as world:
         server = start_server(world)
+        # Capture files of a default run are only measured, never kept (they run to GBs).
         base = Path(opts.dir or tempfile.mkdtemp(prefix="netwrap-capbench-"))
         base.mkdir(parents=True, exist_ok=True)
         os.chown(base, world.user.uid, world.user.gid)
@@ -141,6 +143,8 @@ def main() -> int:
                                 print(json.dumps(row), file=sys.stderr, flush=True)
         finally:
             server.kill()
+            if opts.dir is None:
+                shutil.rmtree(base, ignore_errors=True)
     if opts.json:
         Path(opts.json).write_text(json.dumps(rows, indent=1))
     print(report(rows, opts.seconds))
