@@ -43,6 +43,7 @@ from netwrap.capture_spec import CaptureSpec
 from netwrap.capture_writer import CaptureSummary, CaptureWriter
 from netwrap.egress_view import Addressing, EgressSynthesiser, host_resolver_forwarders
 from netwrap.errors import NetwrapError
+from netwrap.hostfiles import ipv6_by_interface, local_ipv4, read_host_file
 from netwrap.packet_ring import (
     ETH_P_ALL, LINKTYPE_ETHERNET, LINKTYPE_RAW, PACKET_OUTGOING, PacketRing, linktype_of,
 )
@@ -384,54 +385,24 @@ def _close_all(rings: list[PacketRing], fds: list[int]) -> None:
 def sandbox_uplink(netns_pid: int) -> str | None:
     """The device of the sandbox's default route (IPv4, else IPv6), else its only non-lo device."""
     base = f"/proc/{netns_pid}/net"
-    try:
-        with open(f"{base}/route", encoding="ascii") as f:
-            for line in f.readlines()[1:]:
-                cols = line.split()
-                if len(cols) >= 8 and cols[1] == "00000000" and cols[7] == "00000000":
-                    return cols[0]
-    except OSError:
-        pass
-    try:
-        with open(f"{base}/ipv6_route", encoding="ascii") as f:
-            for line in f:
-                cols = line.split()
-                if len(cols) >= 10 and cols[0] == "0" * 32 and cols[1] == "00" and cols[9] != "lo":
-                    return cols[9]
-    except OSError:
-        pass
-    try:
-        with open(f"{base}/dev", encoding="ascii") as f:
-            names = [line.split(":")[0].strip() for line in f.readlines()[2:]]
-    except OSError:
-        return None
+    for line in read_host_file(f"{base}/route").splitlines()[1:]:
+        cols = line.split()
+        if len(cols) >= 8 and cols[1] == "00000000" and cols[7] == "00000000":
+            return cols[0]
+    for line in read_host_file(f"{base}/ipv6_route").splitlines():
+        cols = line.split()
+        if len(cols) >= 10 and cols[0] == "0" * 32 and cols[1] == "00" and cols[9] != "lo":
+            return cols[9]
+    names = [line.split(":")[0].strip() for line in read_host_file(f"{base}/dev").splitlines()[2:]]
     others = [n for n in names if n != "lo"]
     return others[0] if len(others) == 1 else None
 
 
 def sandbox_addresses(netns_pid: int) -> set[bytes]:
     """The sandbox's own addresses but loopback, IPv4 from the local routing table, IPv6 from if_inet6."""
-    found: set[bytes] = set()
     base = f"/proc/{netns_pid}/net"
-    try:
-        with open(f"{base}/fib_trie", encoding="ascii") as f:
-            last = None
-            for line in f:
-                text = line.strip()
-                if text.startswith("|--"):
-                    last = text[3:].strip()
-                elif text.startswith("/32 host LOCAL") and last and not last.startswith("127."):
-                    found.add(socket.inet_aton(last))
-    except OSError:
-        pass
-    try:
-        with open(f"{base}/if_inet6", encoding="ascii") as f:
-            for line in f:
-                cols = line.split()
-                if cols and cols[-1] != "lo":
-                    found.add(bytes.fromhex(cols[0]))
-    except (OSError, ValueError):
-        pass
+    found = {socket.inet_aton(a) for a in local_ipv4(read_host_file(f"{base}/fib_trie")) if not a.startswith("127.")}
+    found.update(a for a, dev in ipv6_by_interface(read_host_file(f"{base}/if_inet6")) if dev != "lo")
     return found
 
 

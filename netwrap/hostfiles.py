@@ -15,3 +15,31 @@ def read_host_file(path: str) -> str:
             return f.read()
     except OSError:
         return ""
+
+
+def local_ipv4(fib_trie: str) -> list[str]:
+    """The local IPv4 addresses in /proc/net/fib_trie's text (loopback's included).
+
+    The FIB lists every address a namespace owns, without an ioctl per interface.
+    """
+    out, last = [], None
+    for line in fib_trie.splitlines():
+        text = line.strip()
+        if text.startswith("|-- "):
+            last = text[4:]
+        elif last and text.startswith("/32 host LOCAL"):
+            out.append(last)
+    return out
+
+
+def ipv6_by_interface(if_inet6: str) -> list[tuple[bytes, str]]:
+    """(16-byte address, interface name) for each line of /proc/net/if_inet6's text."""
+    out = []
+    for line in if_inet6.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and len(fields[0]) == 32:
+            try:
+                out.append((bytes.fromhex(fields[0]), fields[-1]))
+            except ValueError:
+                continue
+    return out

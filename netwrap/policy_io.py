@@ -64,7 +64,7 @@ from netwrap import dnsmsg, flowlog, nfnetlink, policy_nft
 from netwrap.errors import NetwrapError
 from netwrap.external import debug, which
 from netwrap.frontend import policy_flags
-from netwrap.hostfiles import read_host_file
+from netwrap.hostfiles import ipv6_by_interface, local_ipv4, read_host_file
 from netwrap.rules import Decision, IPAddress, Policy, build_policy, normalize_address, normalize_hostname_key
 
 NFLOG_GROUP = 0x4E57  # the sandbox's own netns: no other user of the group
@@ -123,24 +123,11 @@ def host_addresses(network: Any) -> list[str]:
 
 
 def _local_v4() -> list[str]:
-    """Local IPv4 addresses, from the kernel's FIB (no ioctl per interface)."""
-    out, last = [], None
-    for line in read_host_file("/proc/net/fib_trie").splitlines():
-        text = line.strip()
-        if text.startswith("|-- "):
-            last = text[4:]
-        elif last and text.startswith("/32 host LOCAL"):
-            out.append(last)
-    return out
+    return local_ipv4(read_host_file("/proc/net/fib_trie"))
 
 
 def _local_v6() -> list[str]:
-    out = []
-    for line in read_host_file("/proc/net/if_inet6").splitlines():
-        fields = line.split()
-        if len(fields) >= 6 and len(fields[0]) == 32:
-            out.append(str(ipaddress.IPv6Address(bytes.fromhex(fields[0]))))
-    return out
+    return [str(ipaddress.IPv6Address(a)) for a, _ in ipv6_by_interface(read_host_file("/proc/net/if_inet6"))]
 
 
 def _default_gateways() -> list[str]:
