@@ -66,7 +66,7 @@ class Target:
     # it (as /proc/self/fd/N) needs no ptrace access to the holder process,
     # which a root helper that drops capabilities no longer has.
     netns_fd: int
-    # Setup-time calls into the sandbox (netwrap.sandbox_calls.SandboxCalls):
+    # Setup-time calls into the sandbox (netwrap.sandbox.calls.SandboxCalls):
     # open a TUN there, create sockets in its netns, run nft/ip/tc as its root.
     calls: Any = attrs.field(default=None, eq=False, repr=False)
 

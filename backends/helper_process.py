@@ -1,6 +1,6 @@
 """A backend's helper program (pasta, slirp4netns), as the netwrap parent owns it.
 
-Spawned through netwrap.external.spawn_helper (own session, PDEATHSIG, clean
+Spawned through netwrap.linux.commands.spawn_helper (own session, PDEATHSIG, clean
 signals); its combined stdout+stderr is drained into a bounded buffer so it
 never blocks on a full pipe, and kept for diagnostics. Stopping is the
 helper's own graceful way first, a deadline, then SIGKILL.
@@ -16,7 +16,7 @@ import time
 from typing import Callable, Sequence
 
 from netwrap.errors import NetwrapError
-from netwrap.external import CommandError, spawn_helper, wait_pid
+from netwrap.linux.commands import CommandError, spawn_helper, wait_pid
 
 
 def describe(status: int | None) -> str:

@@ -29,8 +29,8 @@ from netwrap.backends import (
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
 from netwrap.errors import NetwrapError
-from netwrap.external import which
-from netwrap.scratch import make_private_dir, remove_private_dir
+from netwrap.linux.commands import which
+from netwrap.linux.scratch import make_private_dir, remove_private_dir
 
 # The sandbox's resolver: pasta answers DNS sent here by forwarding it to the
 # host's first resolver, also one on the host's loopback (127.0.0.53).

@@ -13,7 +13,7 @@ import json
 import os
 from typing import Callable
 
-from netwrap.external import CommandError, run
+from netwrap.linux.commands import CommandError, run
 
 _CACHE_VERSION = 2
 

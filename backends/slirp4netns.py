@@ -46,8 +46,8 @@ from netwrap.backends import (
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import probe_binary
 from netwrap.errors import NetwrapError
-from netwrap.external import debug, which
-from netwrap.scratch import make_private_dir, remove_private_dir
+from netwrap.linux.commands import debug, which
+from netwrap.linux.scratch import make_private_dir, remove_private_dir
 
 TAP = "tap0"
 MTU = 65520

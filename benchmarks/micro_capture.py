@@ -39,8 +39,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from netwrap.capture_writer import CaptureWriter  # noqa: E402
-from netwrap.pcapng_file import _EPB, _EPB_OVERHEAD, _TRAILER, LINKTYPE_RAW  # noqa: E402
+from netwrap.capture.writer import CaptureWriter  # noqa: E402
+from netwrap.capture.pcapng_file import _EPB, _EPB_OVERHEAD, _TRAILER, LINKTYPE_RAW  # noqa: E402
 
 SIZES = (1500, 65535)
 

@@ -1,3 +1,3 @@
-from netwrap.cli import main
+from netwrap.cli.main import main
 
 main()

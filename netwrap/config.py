@@ -38,7 +38,7 @@ class Config:
     hosts_text: str | None = None
     hosts_file: str | None = None
     add_hosts: tuple[tuple[str, str], ...] = ()
-    # Network policy (netwrap.policy_io): --allow/--deny specs as typed (the
+    # Network policy (netwrap.policy.runtime): --allow/--deny specs as typed (the
     # CLI checked them), --default-policy, the presets, --flow-log's path.
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
@@ -47,7 +47,7 @@ class Config:
     block_private: bool = False
     block_metadata: bool = False
     flow_log: str | None = None
-    # -c/-C: netwrap.capture_spec.CaptureSpec, or None for no capture.
+    # -c/-C: netwrap.capture.spec.CaptureSpec, or None for no capture.
     capture: Any = None
     summary: bool = False
     # tunrelay's TCP path: "auto" (tproxy when nftables allows, else nat), "tproxy" or "nat".

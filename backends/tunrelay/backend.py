@@ -37,9 +37,9 @@ from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
 )
 from netwrap.errors import NetwrapError
-from netwrap.external import debug, which
-from netwrap.frontend import policy_flags
-from netwrap.hostfiles import read_host_file
+from netwrap.linux.commands import debug, which
+from netwrap.sandbox.setup import policy_flags
+from netwrap.linux.hostfiles import read_host_file
 
 from . import addressing as A
 from . import netlink, tproxy
@@ -118,7 +118,7 @@ def _raise_fd_limit() -> int:
 
 class TunrelayHandle:
     pid: int | None = None  # in-process: no helper to signal
-    # The network policy is judged by the core (no nftables): netwrap.run sets up no nft engine.
+    # The network policy is judged by the core (no nftables): netwrap.sandbox.supervisor sets up no nft engine.
     enforces_policy: bool = False
 
     def __init__(self, *, stack: contextlib.ExitStack, engine, thread: threading.Thread, path: str,
@@ -194,7 +194,7 @@ class TunrelayHandle:
             # passes the core, so the core judges each new flow instead.
             enforces_policy = chosen == "nat" and which("nft") is None and bool(policy_flags(config))
             if enforces_policy:
-                from netwrap.policy_io import start_time_decide
+                from netwrap.policy.runtime import start_time_decide
 
                 core_policy = _ruled(start_time_decide(config, info), destinations.policy)
             core = RelayCore(CoreConfig(nat=nat, udp_max_flows=udp_flows), policy=core_policy)

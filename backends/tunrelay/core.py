@@ -286,7 +286,7 @@ class RelayCore:
 def policy_from_decide(decide, *, dns4: tuple[bytes, int] | None = None,
                        dns6: tuple[bytes, int] | None = None, reject: str = "admin") -> Policy:
     """Adapt a front-end ``decide(proto, address, port) -> obj.allowed``
-    (netwrap.rules.Policy.decide) to the engine's per-packet policy.
+    (netwrap.policy.model.Policy.decide) to the engine's per-packet policy.
 
     ``dns4``/``dns6`` force every port-53 flow (TCP and UDP) to that
     resolver; the decision is then about the resolver, as the nftables

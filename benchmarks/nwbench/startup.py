@@ -20,7 +20,7 @@ TIMER_SOURCE = (Path(__file__).parent / "timer.py").read_text()
 STARTUP_TARGET = Target(max_ratio=1.3)
 # What pip's `netwrap` console script runs (`python -m` would add runpy's
 # few milliseconds, which users of the installed command do not pay).
-CONSOLE_SCRIPT = "import sys; from netwrap.cli import main; sys.argv[0] = 'netwrap'; main()"
+CONSOLE_SCRIPT = "import sys; from netwrap.cli.main import main; sys.argv[0] = 'netwrap'; main()"
 
 
 def time_alternately(world: World, user: bool | str, argvs: list[list[str]], runs: int) -> list[list[float]]:

@@ -1,0 +1,1 @@
+"""Packet capture: packet rings, views (child, egress, wire-egress), the pcapng writer."""

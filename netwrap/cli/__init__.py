@@ -1,0 +1,1 @@
+"""The command line: options, subcommands (backends, doctor), the summary."""

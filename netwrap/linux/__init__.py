@@ -1,0 +1,1 @@
+"""Low-level Linux helpers: syscalls, external commands, netlink, the host's files, scratch directories."""

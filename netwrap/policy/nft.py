@@ -1,0 +1,424 @@
+"""Render a :class:`netwrap.policy.model.Policy` as nftables text for the child netns.
+
+Pure: a Policy (and optionally the first DNS answers for its hostnames) in,
+``nft -f`` input out.  The I/O layer installs it before the command starts
+and later feeds new DNS answers in with :func:`render_name_update`.
+
+Layout (names are API for the I/O layer)::
+
+    table inet netwrap_policy
+      set deny_<i>_v4 | deny_<i>_v6     address of the i-th --deny (1-based), interval
+      set allow_<i>_v4 | allow_<i>_v6   address of the i-th --allow with an IP/CIDR
+      set name_<k>_v4 + name_<k>_v6     addresses of the k-th distinct --allow hostname
+                                        (Policy.hostnames order), filled at run time
+      set dns_v4/_v6, metadata_v4/_v6, private_v4/_v6     presets, interval
+      chain output    filter hook output, priority filter
+      chain refuse    the one place that says how a flow is refused
+
+Only the command's own, locally generated traffic is filtered, so there is
+no forward or input chain.  Chain order is the order of Policy.decide:
+the sandbox's own addresses, (--offline: refuse all else), established and
+related packets (replies to allowed flows and to published ports), IPv6
+neighbour discovery and multicast listener reports (the kernel's own upkeep
+of the link: without the first no IPv6 works at all, and fe80::/10 is a
+private range; the second only announces multicast groups), --deny rules, the resolver on port 53, --block-metadata,
+--block-private, --allow rules, the default.
+
+Why ``fib daddr type local`` and not ``oif "lo"``: tunrelay's fast path
+marks outbound TCP and reroutes it to lo for TPROXY before this chain
+runs, so an oif test would wave every TCP flow through.  The destination
+address is unchanged by that reroute, and fib's ``type`` looks only at
+the local table, so it still says "remote".  (DNS forcing DNATs at
+priority dstnat, before this chain: the resolver address is what we see.)
+
+Refusals fail fast, never time out:
+- TCP: ``reject with tcp reset``: connect() gets ECONNREFUSED at once.
+- UDP: ``reject with icmpx port-unreachable``: the send itself fails with
+  EPERM (the packet is dropped on the local output path) and a connected
+  socket then reads ECONNREFUSED, which stub resolvers and QUIC stacks
+  take as final.  admin-prohibited would surface as EHOSTUNREACH/EACCES,
+  which some clients retry.
+- everything else (ICMP echo, ...): ``reject with icmpx admin-prohibited``.
+
+Flow log tags (``flow_log_group``): every rule that decides gets a small
+number (:func:`verdict_tags` says which rule or preset it stands for).
+Allowing rules set it as the flow's conntrack mark, which conntrack events
+carry; refusing rules log the packet to that NFLOG group with the prefix
+``nw:<tag> `` (a refused flow never becomes a conntrack entry).  Without
+the argument the output is exactly the plain policy.
+
+DNS proxy (``dns_proxy``): the sandbox's UDP queries to its resolver are
+redirected to netwrap's proxy on the sandbox's loopback, which adds the
+answers for allowed hostnames to their sets before passing them on (see
+netwrap.policy.runtime).  Flows a --deny rule matches are not redirected, so
+they are refused as before; the proxy's own queries carry PROXY_MARK (a
+socket mark only a holder of CAP_NET_ADMIN can set, never the command).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Optional, Union
+
+import attrs
+
+from netwrap.policy.model import (
+    SOURCE_DEFAULT,
+    SOURCE_DNS,
+    SOURCE_METADATA,
+    SOURCE_OFFLINE,
+    SOURCE_PRIVATE,
+    SOURCE_RULE,
+    Decision,
+    IPAddress,
+    IPNetwork,
+    Policy,
+    Rule,
+    collapse,
+    normalize_address,
+    normalize_hostname_key,
+)
+
+TABLE_FAMILY = "inet"
+TABLE_NAME = "netwrap_policy"
+TABLE = f"{TABLE_FAMILY} {TABLE_NAME}"
+OUTPUT_CHAIN = "output"
+REFUSE_CHAIN = "refuse"
+
+DNS_PROXY_CHAIN = "dns_proxy"
+# The socket mark of the DNS proxy's upstream queries: one bit, tested as a
+# bit, so it neither clashes with nor depends on other marks (tunrelay's
+# fast path routes by its own bit, 0x00400000).
+PROXY_MARK = 0x00200000
+# Runs before DNS forcing's DNAT (priority dstnat, -100): one NAT binding
+# per flow, and the first chain that makes one wins.
+DNS_PROXY_PRIORITY = -110
+LOG_PREFIX = "nw:"
+
+# Flow-log tags of the presets; rule tags start at RULE_TAG_BASE.
+TAG_DNS = 1
+TAG_OFFLINE = 2
+TAG_METADATA = 3
+TAG_PRIVATE = 4
+TAG_DEFAULT = 5
+RULE_TAG_BASE = 16
+
+_REFUSE = f"jump {REFUSE_CHAIN}"
+_PROXY_MATCH = f"meta mark & {PROXY_MARK:#010x} == {PROXY_MARK:#010x}"
+_NDP_TYPES = ("{ nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert, "
+              "mld-listener-report, mld-listener-done, mld2-listener-report }")
+_COMMENT_MAX = 120  # nft caps comments at 128 bytes
+
+
+@attrs.frozen(kw_only=True)
+class NameSets:
+    """The two sets that hold one allowed hostname's addresses."""
+
+    hostname: str
+    v4: str
+    v6: str
+
+
+@attrs.frozen(kw_only=True)
+class DnsRedirect:
+    """UDP DNS of one family that goes to the proxy listening on ``port`` of the sandbox's loopback."""
+
+    version: int  # 4 or 6
+    port: int
+    # Queries to this resolver; None: every port-53 query of the family
+    # (under --dns, where DNS forcing would send them all there anyway).
+    resolver: Optional[IPAddress] = None
+
+
+@attrs.frozen
+class _Line:
+    """One deciding rule of the output chain, before tags are applied."""
+
+    match: str  # ends with a space, or is empty
+    refuse: bool
+    tag: int
+    comment: str
+
+
+def verdict_tags(policy: Policy) -> dict[int, Decision]:
+    """Flow-log tag -> the decision it stands for (see the module docstring)."""
+    tags = {
+        TAG_DNS: Decision(verdict="allow", source=SOURCE_DNS),
+        TAG_OFFLINE: Decision(verdict="deny", source=SOURCE_OFFLINE),
+        TAG_METADATA: Decision(verdict="deny", source=SOURCE_METADATA),
+        TAG_PRIVATE: Decision(verdict="deny", source=SOURCE_PRIVATE),
+        TAG_DEFAULT: Decision(verdict="deny" if policy.offline else policy.default, source=SOURCE_DEFAULT),
+    }
+    for i, rule in enumerate((*policy.deny_rules, *policy.allow_rules)):
+        tags[RULE_TAG_BASE + i] = Decision(verdict=rule.action, source=SOURCE_RULE, rule=rule)
+    return tags
+
+
+def name_sets(policy: Policy) -> dict[str, NameSets]:
+    """Hostname -> its set names; the I/O layer adds DNS answers to them."""
+    return {
+        name: NameSets(hostname=name, v4=f"name_{k}_v4", v6=f"name_{k}_v6")
+        for k, name in enumerate(policy.hostnames, start=1)
+    }
+
+
+def render_policy(
+    policy: Policy,
+    *,
+    resolved_names: Optional[Mapping[str, Iterable[Union[str, IPAddress]]]] = None,
+    flow_log_group: Optional[int] = None,
+    dns_proxy: Iterable[DnsRedirect] = (),
+) -> str:
+    """The whole table as ``nft -f`` input.
+
+    ``resolved_names`` (hostname -> addresses answered at start) pre-fills
+    the hostname sets so the first connection does not race the I/O layer.
+    ``flow_log_group`` tags every decision for the flow log; ``dns_proxy``
+    sends UDP DNS to netwrap's proxy (both: see the module docstring).
+    """
+    out = _Writer()
+    out.line(0, "# netwrap network policy for the command's network namespace.")
+    out.line(0, "# Generated by netwrap.policy.nft; set names are documented there.")
+    out.line(0, f"table {TABLE} {{")
+    if policy.offline:
+        _render_chains(out, policy, [], flow_log_group, proxied=False)
+        out.line(0, "}")
+        return out.text()
+
+    deny_lines: list[_Line] = []
+    tag = RULE_TAG_BASE
+    for i, rule in enumerate(policy.deny_rules, start=1):
+        deny_lines += _rule_lines(out, rule, f"deny_{i}", None, tag)
+        tag += 1
+    preset_lines = _preset_lines(out, policy)
+    sets = name_sets(policy)
+    resolved = _resolved_by_set(policy, resolved_names or {})
+    for ns in sets.values():
+        comment = _comment(ns.hostname)
+        for set_name, addr_type in ((ns.v4, "ipv4_addr"), (ns.v6, "ipv6_addr")):
+            out.set(set_name, addr_type, interval=False,
+                    elements=resolved.get(set_name, ()), comment=comment)
+    allow_lines: list[_Line] = []
+    for i, rule in enumerate(policy.allow_rules, start=1):
+        allow_lines += _rule_lines(out, rule, f"allow_{i}", sets, tag)
+        tag += 1
+    redirects = list(dns_proxy)
+    _render_chains(out, policy, deny_lines + preset_lines + allow_lines, flow_log_group, proxied=bool(redirects))
+    if redirects:
+        _render_dns_proxy(out, deny_lines, redirects, flow_log_group)
+    out.line(0, "}")
+    return out.text()
+
+
+def render_name_update(
+    policy: Policy, hostname: str, addresses: Iterable[Union[str, IPAddress]]
+) -> str:
+    """``nft -f`` input adding DNS answers for an allowed hostname.
+
+    Sets only grow during a run: a command may still hold an older answer
+    (round-robin, CDNs), and removing it would break its next connect.
+    Returns "" when there is nothing to add.
+    """
+    key = normalize_hostname_key(hostname)
+    sets = name_sets(policy)
+    if key not in sets:
+        raise KeyError(f"{hostname!r} is not a hostname in any --allow rule")
+    ns = sets[key]
+    by_set = _split_addresses(ns, addresses)
+    return "".join(
+        f"add element {TABLE} {set_name} {{ {', '.join(elems)} }}\n"
+        for set_name, elems in by_set.items()
+        if elems
+    )
+
+
+# --- Pieces ---------------------------------------------------------------
+
+
+class _Writer:
+    """Collects set declarations first and chains after, in a stable order."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def line(self, depth: int, text: str) -> None:
+        self._lines.append("\t" * depth + text)
+
+    def set(
+        self,
+        name: str,
+        addr_type: str,
+        *,
+        interval: bool,
+        elements: Iterable[str],
+        comment: Optional[str] = None,
+    ) -> None:
+        elems = list(elements)
+        self.line(1, f"set {name} {{")
+        self.line(2, f"type {addr_type}")
+        if interval:
+            self.line(2, "flags interval")
+        if elems:
+            self.line(2, f"elements = {{ {', '.join(elems)} }}")
+        if comment:
+            self.line(2, f'comment "{comment}"')
+        self.line(1, "}")
+        self.line(0, "")
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n"
+
+
+def _verdict(line: _Line, log_group: Optional[int]) -> str:
+    """The rule text: match, the tag when the flow log is on, verdict, comment."""
+    if line.refuse:
+        tag = f'log prefix "{LOG_PREFIX}{line.tag} " group {log_group} ' if log_group is not None else ""
+        verdict = _REFUSE
+    else:
+        tag = f"ct mark set {line.tag} " if log_group is not None else ""
+        verdict = "accept"
+    return f'{line.match}{tag}{verdict} comment "{line.comment}"'
+
+
+def _render_chains(out: _Writer, policy: Policy, rule_lines: list[_Line], log_group: Optional[int],
+                   *, proxied: bool) -> None:
+    deny_by_default = policy.offline or policy.default == "deny"
+    out.line(1, f"chain {OUTPUT_CHAIN} {{")
+    # Chain policy drop is a backstop; the last rule already refuses fast.
+    chain_policy = "drop" if deny_by_default else "accept"
+    out.line(2, f"type filter hook output priority filter; policy {chain_policy};")
+    out.line(2, 'fib daddr type local accept comment "the sandbox itself"')
+    if policy.offline:
+        if log_group is not None:
+            # Refused too, but the kernel's link upkeep is no flow of the command's.
+            out.line(2, f'icmpv6 type {_NDP_TYPES} {_REFUSE} comment "IPv6 link upkeep"')
+        out.line(2, _verdict(_Line("", True, TAG_OFFLINE, "--offline"), log_group))
+    else:
+        out.line(2, "ct state established,related accept")
+        out.line(2, f'icmpv6 type {_NDP_TYPES} accept comment "IPv6 neighbour discovery, multicast listeners"')
+        if proxied:
+            # Only queries that passed the --deny rules reach the proxy.
+            out.line(2, f'{_PROXY_MATCH} udp dport 53 accept comment "netwrap\'s DNS proxy"')
+        for line in rule_lines:
+            out.line(2, _verdict(line, log_group))
+        if deny_by_default:
+            out.line(2, _verdict(_Line("", True, TAG_DEFAULT, "default policy deny"), log_group))
+        elif log_group is not None:
+            out.line(2, _verdict(_Line("", False, TAG_DEFAULT, "default policy allow"), log_group))
+    out.line(1, "}")
+    out.line(0, "")
+    out.line(1, f"chain {REFUSE_CHAIN} {{")
+    out.line(2, "meta l4proto tcp reject with tcp reset")
+    out.line(2, "meta l4proto udp reject with icmpx port-unreachable")
+    out.line(2, "reject with icmpx admin-prohibited")
+    out.line(1, "}")
+
+
+def _render_dns_proxy(out: _Writer, deny_lines: list[_Line], redirects: list[DnsRedirect],
+                      log_group: Optional[int]) -> None:
+    out.line(0, "")
+    out.line(1, f"chain {DNS_PROXY_CHAIN} {{")
+    out.line(2, f"type nat hook output priority {DNS_PROXY_PRIORITY}; policy accept;")
+    out.line(2, f"{_PROXY_MATCH} return")
+    for line in deny_lines:  # refused in the output chain, never proxied
+        out.line(2, f'{line.match}return comment "{line.comment}"')
+    mark = f"ct mark set {TAG_DNS} " if log_group is not None else ""
+    for r in redirects:
+        family = "ip" if r.version == 4 else "ip6"
+        target = f"{family} daddr {r.resolver} " if r.resolver is not None else f"meta nfproto ipv{r.version} "
+        out.line(2, f'{target}udp dport 53 {mark}redirect to :{r.port} comment "to netwrap\'s DNS proxy"')
+    out.line(1, "}")
+
+
+def _preset_lines(out: _Writer, policy: Policy) -> list[_Line]:
+    """Sets and rules for the resolver exemption, metadata and private."""
+    lines: list[_Line] = []
+    dns = collapse(ipaddress.ip_network(a) for a in policy.dns_servers)
+    for base, nets, wanted, match, refuse, tag, comment in (
+        ("dns", dns, True, "meta l4proto { tcp, udp } th dport 53 ", False, TAG_DNS,
+         "the sandbox's DNS resolver"),
+        ("metadata", policy.metadata_networks, policy.block_metadata, "", True, TAG_METADATA,
+         "--block-metadata"),
+        ("private", policy.private_networks, policy.block_private, "", True, TAG_PRIVATE,
+         "--block-private"),
+    ):
+        if not wanted:
+            continue
+        for version, family, addr_type in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
+            elems = [_element(n) for n in nets if n.version == version]
+            if not elems:
+                continue
+            set_name = f"{base}_v{version}"
+            out.set(set_name, addr_type, interval=True, elements=elems)
+            lines.append(_Line(f"{match}{family} daddr @{set_name} ", refuse, tag, comment))
+    return lines
+
+
+def _rule_lines(
+    out: _Writer, rule: Rule, base: str, sets: Optional[dict[str, NameSets]], tag: int
+) -> list[_Line]:
+    """Declare the rule's set (if any) and return its chain line(s)."""
+    comment = _comment(rule.describe().replace("'", ""))
+    if rule.network is not None:
+        v = rule.network.version
+        set_name = f"{base}_v{v}"
+        out.set(set_name, f"ipv{v}_addr", interval=True, elements=[_element(rule.network)])
+        targets = [(v, f"{'ip' if v == 4 else 'ip6'} daddr @{set_name} ")]
+    elif rule.hostname is not None:
+        assert sets is not None  # hostnames are --allow only
+        ns = sets[rule.hostname]
+        targets = [(4, f"ip daddr @{ns.v4} "), (6, f"ip6 daddr @{ns.v6} ")]
+    else:
+        targets = [(None, "")]
+    return [
+        _Line(f"{addr}{_proto_match(rule, version)} ", rule.action == "deny", tag, comment)
+        for version, addr in targets
+    ]
+
+
+def _proto_match(rule: Rule, version: Optional[int]) -> str:
+    if rule.proto == "icmp":
+        icmp = {4: "icmp", 6: "ipv6-icmp", None: "{ icmp, ipv6-icmp }"}[version]
+        return f"meta l4proto {icmp}"
+    if rule.ports is None:
+        return f"meta l4proto {rule.proto}"
+    ports = [str(p) for p in rule.ports]
+    port_text = ports[0] if len(ports) == 1 else "{ " + ", ".join(ports) + " }"
+    return f"{rule.proto} dport {port_text}"
+
+
+def _element(network: IPNetwork) -> str:
+    # A lone address reads better than /32 or /128, and nft takes both.
+    if network.prefixlen == network.max_prefixlen:
+        return str(network.network_address)
+    return str(network)
+
+
+def _comment(text: str) -> str:
+    # Specs are validated, but a comment must never end the string early.
+    safe = "".join(c for c in text if c.isascii() and c.isprintable() and c not in '"\\')
+    return safe if len(safe) <= _COMMENT_MAX else safe[: _COMMENT_MAX - 3] + "..."
+
+
+def _split_addresses(
+    ns: NameSets, addresses: Iterable[Union[str, IPAddress]]
+) -> dict[str, list[str]]:
+    v4: dict[str, None] = {}
+    v6: dict[str, None] = {}
+    for a in addresses:
+        addr = normalize_address(a)
+        (v4 if addr.version == 4 else v6)[str(addr)] = None
+    return {ns.v4: sorted(v4, key=ipaddress.ip_address), ns.v6: sorted(v6, key=ipaddress.ip_address)}
+
+
+def _resolved_by_set(
+    policy: Policy, resolved_names: Mapping[str, Iterable[Union[str, IPAddress]]]
+) -> dict[str, list[str]]:
+    sets = name_sets(policy)
+    by_set: dict[str, list[str]] = {}
+    for name, addresses in resolved_names.items():
+        ns = sets.get(normalize_hostname_key(name))
+        if ns is not None:  # answers for names no rule uses are irrelevant here
+            by_set.update(_split_addresses(ns, addresses))
+    return by_set

@@ -1,0 +1,36 @@
+"""The signalfd helpers the parent's main loop relies on."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from netwrap.linux import syscalls
+
+
+def test_drained_signals_do_not_fire_when_the_mask_is_restored():
+    fired = []
+    old_handler = signal.signal(signal.SIGUSR1, lambda *a: fired.append(a[0]))
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+    fd = syscalls.signalfd([signal.SIGUSR1])
+    try:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert signal.SIGUSR1 in signal.sigpending()
+        syscalls.drain_signalfd(fd)
+        assert signal.SIGUSR1 not in signal.sigpending()
+    finally:
+        os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.signal(signal.SIGUSR1, old_handler)
+    assert fired == []
+
+
+def test_read_signalfd_reports_signal_code_and_sender():
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
+    fd = syscalls.signalfd([signal.SIGUSR2])
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert syscalls.read_signalfd(fd) == (signal.SIGUSR2, syscalls.SI_USER, os.getpid())
+    finally:
+        os.close(fd)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
