@@ -93,6 +93,15 @@ def test_any_bytes_parse_or_raise_format_error(data):
         answer = dnsmsg.parse_answer(b"\0\0\x81\x80" + data)
     except dnsmsg.DNSFormatError:
         return
-    answer.chain()
+    # The fixed header bytes decide these, whatever follows them.
+    assert (answer.id, answer.rcode) == (0, 0)
+    chain = answer.chain()
+    assert len(chain) == len(set(chain))  # CNAME loops are cut
+    assert chain[:1] == ([answer.qname] if answer.qname is not None else [])
+    for name, addresses in answer.addresses.items():
+        assert isinstance(name, str)
+        assert all(isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)) for a in addresses)
     if answer.qname is not None:
-        answer.addresses_of(answer.qname)
+        found = answer.addresses_of(answer.qname)
+        assert len(found) == len(set(found))
+        assert set(found) <= {a for name in chain for a in answer.addresses.get(name, ())}
