@@ -23,6 +23,13 @@ if str(TESTS_DIR) not in sys.path:
 
 from world.harness import World, WorldRefused, open_world  # noqa: E402
 
+# Property tests judge behaviour, not speed: Hypothesis' default 200 ms
+# deadline per example would fail them on a loaded CI machine.
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("netwrap", deadline=None)
+settings.load_profile("netwrap")
+
 EXIT_WORLD_REFUSED = 3
 
 

@@ -127,6 +127,10 @@ def test_ping_and_dig(world: World, path: str, as_user: bool) -> None:
     assert direct == {("udp", World.DNS_V4), ("tcp", World.DNS_V6)}
 
 
+TCP_BYTES = 32 << 20
+UDP_BYTES = 4 << 20
+
+
 def test_iperf3_tcp_both_ways_and_udp(world: World, path: str) -> None:
     base = 5201 + os.getpid() % 1000
     # One server per run: an iperf3 server may still be "busy" with the last
@@ -136,8 +140,11 @@ def test_iperf3_tcp_both_ways_and_udp(world: World, path: str) -> None:
                            user=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(3)]
     try:
         time.sleep(0.3)  # iperf3 has no readiness signal; it listens within milliseconds
-        client = f"iperf3 -J -c {World.WORLD_V4} -t 1 -p"
-        script = f"{client} {base}; echo ===; {client} {base + 1} -R; echo ===; {client} {base + 2} -u -b 50M"
+        # A fixed amount each way, not a fixed time: what arrived is then a
+        # fact to check exactly, whatever the machine's speed.
+        client = f"iperf3 -J -c {World.WORLD_V4} -n {TCP_BYTES} -p"
+        script = (f"{client} {base}; echo ===; {client} {base + 1} -R; echo ===; "
+                  f"iperf3 -J -c {World.WORLD_V4} -u -b 50M -n {UDP_BYTES} -p {base + 2}")
         done = tunrelay(world, path, "--", "sh", "-c", script, timeout=60)
     finally:
         for server in servers:
@@ -147,10 +154,14 @@ def test_iperf3_tcp_both_ways_and_udp(world: World, path: str) -> None:
     up, down, udp = (json.loads(part) for part in done.stdout.split("===\n"))
     for result in (up, down):
         assert "error" not in result, result.get("error")
-        assert result["end"]["sum_received"]["bytes"] > 10 << 20
+        # The sender hands over exactly -n bytes and the test ends without an
+        # error; iperf3's receiver total may leave out what was still in
+        # flight when the sender reported (the download test checks integrity).
+        assert result["end"]["sum_sent"]["bytes"] == TCP_BYTES
+        assert 0 < result["end"]["sum_received"]["bytes"] <= TCP_BYTES
     assert "error" not in udp, udp.get("error")
-    assert udp["end"]["sum"]["bytes"] > 4 << 20  # 50 Mbit/s for 1 s, in datagrams of the path MTU
-    assert udp["end"]["sum"]["lost_percent"] < 5
+    assert udp["end"]["sum"]["bytes"] >= UDP_BYTES
+    assert udp["end"]["sum"]["lost_percent"] < 5  # datagrams may be lost, but not wholesale
 
 
 def _wait_quiet(world: World, timeout: float = 15.0) -> None:
@@ -167,6 +178,7 @@ def _wait_quiet(world: World, timeout: float = 15.0) -> None:
 
 
 def test_wrk_500_connections_no_socket_errors(world: World, path: str) -> None:
+    mark = world.mark()
     try:
         done = tunrelay(world, path, "--", "wrk", "-c", "500", "-t", "2", "-d", "5s", "--timeout", "10s",
                         f"http://{World.WORLD_V4}/hello", timeout=60)
@@ -175,7 +187,10 @@ def test_wrk_500_connections_no_socket_errors(world: World, path: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "Socket errors" not in done.stdout and "Non-2xx" not in done.stdout, done.stdout
     requests = int(re.search(r"(\d+) requests in", done.stdout).group(1))
-    assert requests > 2000, done.stdout
+    # Every request wrk counts as answered, the world's server logged (its log
+    # may hold a few more: requests wrk abandoned when its time ran out).
+    served = [r for r in world.http_log(since=mark) if r["path"] == "/hello"]
+    assert 0 < requests <= len(served), done.stdout
 
 
 def _path_without(world: World, *missing: str) -> str:

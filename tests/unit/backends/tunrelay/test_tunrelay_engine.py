@@ -124,11 +124,13 @@ def test_stop_is_prompt() -> None:
     eng = Engine(tun_fd=tun.fileno(), core=RelayCore(), gate=None, listeners=[])
     thread = threading.Thread(target=eng.run, daemon=True)
     thread.start()
-    time.sleep(0.05)  # in its epoll wait, which lasts up to a second when idle
+    time.sleep(0.05)  # in its epoll wait, which lasts HOUSEKEEPING seconds when idle
     t = time.monotonic()
     eng.stop()
     thread.join(5)
-    assert not thread.is_alive() and time.monotonic() - t < 0.2
+    # The time is the behaviour here: stop() wakes the wait instead of letting
+    # it run out, so the loop ends well inside one idle wait (1 s).
+    assert not thread.is_alive() and time.monotonic() - t < 0.5
     eng.close()
     child.close()
     tun.close()

@@ -126,7 +126,7 @@ def test_gso_segment_passes_with_its_header():
     assert l4_ok(complete_partial(out))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200)
 @given(st.sampled_from([4, 6]), st.sampled_from([TCP, UDP]), st.binary(max_size=300),
        st.integers(1, 65535), st.integers(1, 65535), st.integers(1, 65535), st.integers(1, 65535),
        st.binary(min_size=32, max_size=32), st.booleans())
@@ -364,7 +364,7 @@ def test_config_validation():
     assert len(cfg.pool6) == 4096  # capped
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.lists(st.tuples(st.integers(2, 41), st.sampled_from(["syn", "ok", "fail", "ack", "fin",
                                                                  "rst", "tick", "in"])),
                 max_size=80))
@@ -431,7 +431,7 @@ def test_flow_table_replaces_same_key():
     assert t.get(k) is b and len(t) == 1 and t.expire(1.0) == [a]
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=50)
 @given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 5)), max_size=100))
 def test_flow_table_bounds(ops):
     t = FlowTable(UDP, max_flows=5, idle_timeout=3.0)
@@ -450,7 +450,7 @@ def test_flow_table_bounds(ops):
         assert len(t) <= 5
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100)
 @given(st.sampled_from([4, 6]), st.integers(1, 65535), st.integers(1, 65535), st.binary(max_size=50),
        st.booleans())
 def test_precomputed_deltas_match(v, sp, dp, payload, partial):

@@ -122,7 +122,7 @@ def test_expiry_fails_slow_connects_and_forgets_unaccepted() -> None:
     assert out[1][1] is None and len(gate) == 0 and gate.held_bytes == 0
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300)
 @given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([SYN, ACK, SYN | ACK, RST, SYN | RST]),
                           st.sampled_from(["feed", "ok", "fail", "take", "expire"])), max_size=60))
 def test_random_sequences_keep_the_accounting_right(ops) -> None:
