@@ -74,7 +74,7 @@ def test_iter_messages_of_nothing_is_empty() -> None:
     h("20000000 0200 0000 01000000 00000000"),  # nlmsg_len 32 runs past the 16 bytes there are
     h("0c000000 0200 0000 01000000 00000000"),  # nlmsg_len 12 is shorter than struct nlmsghdr
     ACK_5 + h("01020304"),  # a tail too short to be a header
-])
+], ids=["runs-past", "shorter-than-header", "short-tail"])
 def test_bad_framing_is_a_format_error(data: bytes) -> None:
     with pytest.raises(netlink.NetlinkFormatError):
         list(netlink.iter_messages(data))
@@ -131,7 +131,7 @@ def test_find_walks_nested_attributes() -> None:
     h("0800 0100 0102"),  # length 8 runs past the 6 bytes there are
     h("0200 0100"),  # length 2 is shorter than struct nlattr
     h("0400 0100 0102"),  # a tail too short for a header
-])
+], ids=["runs-past", "shorter-than-header", "short-tail"])
 def test_bad_attributes_are_format_errors(data: bytes) -> None:
     with pytest.raises(netlink.NetlinkFormatError):
         netlink.attributes(data)
@@ -162,7 +162,7 @@ def test_hand_written_errors_agree_with_pyroute2() -> None:
     h("14000000 0200 0000 05000000 00000000 00000000"),  # error 0 but no request header: truncated
     h("10000000 0200 0000 05000000 00000000"),  # no error field at all
     h("24000000 0200 0000 05000000 00000000 11000000") + bytes(16),  # a positive error
-])
+], ids=["no-request-header", "no-error", "positive-error"])
 def test_malformed_errors_are_format_errors_not_acks(data: bytes) -> None:
     with pytest.raises(netlink.NetlinkFormatError):
         netlink.error_code(one(data))
@@ -204,7 +204,7 @@ def test_request_raises_the_kernels_errno(pair) -> None:
 @pytest.mark.parametrize("answer", [
     h("14000000 0200 0000 05000000 00000000 00000000"),  # nlmsghdr + 4-byte error 0, request header cut off
     h("24000000 0200 0000 05000000 00000000 00000000"),  # nlmsg_len 36 runs past the 20 bytes sent
-])
+], ids=["no-request-header", "length-runs-past"])
 def test_truncated_error_is_an_error_never_an_ack(pair, answer: bytes) -> None:
     ours, kernel = pair
     kernel.send(answer)
