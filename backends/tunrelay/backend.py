@@ -7,7 +7,7 @@ into the sandbox, which are only valid until "backend-ready"):
   1. init opens tun0 in the sandbox (IFF_TUN | IFF_NO_PI | IFF_VNET_HDR, with
      checksum and segmentation offloads) and sends its fd back;
   2. an rtnetlink socket made in the sandbox configures it: MTU 65520, a
-     long queue, 10.0.2.100/24 and fd00::100/64, default routes (netlink.py);
+     long queue, 10.0.2.100/24 and fd00::100/64, default routes (netwrap.linux.rtnetlink);
   3. TCP, one of two paths (both terminate TCP in the child's own kernel):
        tproxy  nftables + policy routing hand each connection to transparent
                listeners on the sandbox's loopback (tproxy.py, syngate.py);
@@ -37,12 +37,13 @@ from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
 )
 from netwrap.errors import NetwrapError
+from netwrap.linux import rtnetlink
 from netwrap.linux.commands import debug, which
 from netwrap.sandbox.setup import policy_flags
 from netwrap.linux.hostfiles import read_host_file
 
 from . import addressing as A
-from . import netlink, tproxy
+from . import tproxy
 from .core import policy_from_decide
 from .nat import ACCEPT, Policy, Verdict
 from .packets import TCP, Packet
@@ -153,7 +154,7 @@ class TunrelayHandle:
             with calls.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                               socket.NETLINK_ROUTE) as nl_sock:
                 nl_sock.settimeout(5.0)
-                rtnl = netlink.Rtnl(nl_sock)
+                rtnl = rtnetlink.Rtnl(nl_sock)
                 index = _configure_tun(rtnl)
                 listeners: list[socket.socket] = []
                 chosen = path
@@ -323,23 +324,23 @@ def _open_tun(calls) -> int:
     return fd
 
 
-def _configure_tun(rtnl: netlink.Rtnl) -> int:
+def _configure_tun(rtnl: rtnetlink.Rtnl) -> int:
     try:
         index = rtnl.link_index(A.TUN_NAME)
-        rtnl.request(lambda s: netlink.set_link(1, up=True, seq=s), "bring lo up")
-        rtnl.request(lambda s: netlink.set_link(index, up=True, mtu=A.MTU, txqlen=A.TXQUEUELEN, seq=s),
+        rtnl.request(lambda s: rtnetlink.set_link(1, up=True, seq=s), "bring lo up")
+        rtnl.request(lambda s: rtnetlink.set_link(index, up=True, mtu=A.MTU, txqlen=A.TXQUEUELEN, seq=s),
                      f"bring {A.TUN_NAME} up")
         for addr, plen in ((A.ADDRESS_V4, A.PREFIX_V4), (A.ADDRESS_V6, A.PREFIX_V6)):
-            rtnl.request(lambda s: netlink.add_address(index, A.packed(addr), plen, seq=s), f"add address {addr}")
+            rtnl.request(lambda s: rtnetlink.add_address(index, A.packed(addr), plen, seq=s), f"add address {addr}")
         for family, gw in ((socket.AF_INET, A.GATEWAY_V4), (socket.AF_INET6, A.GATEWAY_V6)):
-            rtnl.request(lambda s: netlink.add_route(family, gateway=A.packed(gw), oif=index, seq=s),
+            rtnl.request(lambda s: rtnetlink.add_route(family, gateway=A.packed(gw), oif=index, seq=s),
                          f"add default route via {gw}")
     except OSError as exc:
         raise NetwrapError(f"tunrelay: cannot configure {A.TUN_NAME} in the sandbox: {exc}") from None
     return index
 
 
-def _setup_tproxy(calls, rtnl: netlink.Rtnl, stack: contextlib.ExitStack) -> list[socket.socket]:
+def _setup_tproxy(calls, rtnl: rtnetlink.Rtnl, stack: contextlib.ExitStack) -> list[socket.socket]:
     nft = which("nft")
     if nft is None:
         raise NetwrapError("nft not found in PATH (install the 'nftables' package)")
@@ -360,11 +361,11 @@ def _setup_tproxy(calls, rtnl: netlink.Rtnl, stack: contextlib.ExitStack) -> lis
     ruleset = tproxy.render_ruleset(A.TUN_NAME, l4.getsockname()[1], l6.getsockname()[1])
     calls.run([nft, "-f", "-"], input=ruleset)
     for family in (socket.AF_INET, socket.AF_INET6):
-        rtnl.request(lambda s: netlink.add_rule(family, fwmark=tproxy.MARK, fwmask=tproxy.MARK,
-                                                table=tproxy.ROUTE_TABLE, priority=tproxy.RULE_PRIORITY, seq=s),
+        rtnl.request(lambda s: rtnetlink.add_rule(family, fwmark=tproxy.MARK, fwmask=tproxy.MARK,
+                                                  table=tproxy.ROUTE_TABLE, priority=tproxy.RULE_PRIORITY, seq=s),
                      "add the TPROXY routing rule")
-        rtnl.request(lambda s: netlink.add_route(family, oif=1, table=tproxy.ROUTE_TABLE,
-                                                 kind=netlink.RTN_LOCAL, seq=s),
+        rtnl.request(lambda s: rtnetlink.add_route(family, oif=1, table=tproxy.ROUTE_TABLE,
+                                                   kind=rtnetlink.RTN_LOCAL, seq=s),
                      "add the TPROXY local route")
     return [l4, l6]
 

@@ -1,14 +1,16 @@
-"""A small netfilter-netlink codec: bytes in, values out (and requests as bytes).
+"""netfilter netlink on the shared codec: bytes in, values out (and requests as bytes).
 
 Just what the policy engine needs, no more: conntrack events (new, update,
 destroy, with counters, mark and timestamps), NFLOG packets (the prefix and
 the packet), adding elements to an nftables set, flushing the conntrack
-table, and the acks. Pure code: no sockets here (netwrap.policy.runtime does the
-I/O), so every parser is tested on bytes and never trusts them: a short or
-malformed message raises NetlinkFormatError, never IndexError or struct.error.
+table. Framing, attributes and acks are netwrap.linux.netlink's (re-exported
+here under the names the policy runtime uses). Pure code: no sockets here
+(netwrap.policy.runtime does the I/O), so every parser is tested on bytes and
+never trusts them: a short or malformed message raises NetlinkFormatError,
+never IndexError or struct.error.
 
-pyroute2 could parse these too, but costs ~300 ms to import; the formats
-are small and stable (linux/netfilter/nfnetlink*.h, nf_tables.h).
+pyroute2 could parse these too, but its import costs 106-120 ms (field notes);
+the formats are small and stable (linux/netfilter/nfnetlink*.h, nf_tables.h).
 """
 
 from __future__ import annotations
@@ -16,26 +18,28 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Optional, Union
 
 import attrs
+
+from netwrap.linux.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, NLMSG_ERROR, Message,
+                                   NetlinkFormatError, attr, attributes, error_code, iter_messages, message)
+
+# The codec's names the policy runtime reaches through this module stay part of its interface.
+__all__ = [
+    "NLM_F_ACK", "NLMSG_ERROR", "Message", "NetlinkFormatError", "error_code", "iter_messages",
+    "NETLINK_NETFILTER", "CT_EVENT_GROUPS", "TCP_CLOSING_STATES", "nfgen", "nfgen_payload",
+    "nflog_bind", "ct_flush", "nft_add_elements", "Endpoint", "CtEvent", "parse_ct_event",
+    "LoggedPacket", "parse_nflog", "parse_ip_packet",
+]
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
 NETLINK_NETFILTER = 12
 
-# netlink header
-NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-NLA_HDR = struct.Struct("=HH")
-NFGEN = struct.Struct("=BBH")  # family, version, res_id (big endian in value)
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_CREATE = 0x400
-NLA_F_NESTED = 0x8000
-NLA_TYPE_MASK = 0x3FFF
+# struct nfgenmsg: family, version, res_id (big endian)
+NFGEN = struct.Struct("=BBH")
 
 # subsystems
 NFNL_SUBSYS_CTNETLINK = 1
@@ -87,46 +91,7 @@ PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPR
                socket.IPPROTO_ICMPV6: "icmpv6"}
 
 
-class NetlinkFormatError(ValueError):
-    """A message that is too short or not what its header says."""
-
-
-# --- framing ----------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Message:
-    type: int
-    flags: int
-    seq: int
-    payload: bytes  # after the netlink header
-
-
-def iter_messages(data: bytes) -> Iterator[Message]:
-    """The netlink messages in one datagram, in order."""
-    offset = 0
-    while offset + NLMSG_HDR.size <= len(data):
-        length, mtype, flags, seq, _pid = NLMSG_HDR.unpack_from(data, offset)
-        if length < NLMSG_HDR.size or offset + length > len(data):
-            raise NetlinkFormatError(f"netlink message length {length} at {offset} runs past {len(data)}")
-        yield Message(mtype, flags, seq, bytes(data[offset + NLMSG_HDR.size: offset + length]))
-        offset += _align(length)
-
-
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def attributes(data: bytes, offset: int = 0) -> dict[int, bytes]:
-    """Attribute type (flags masked off) -> payload; the last one wins."""
-    out: dict[int, bytes] = {}
-    while offset + NLA_HDR.size <= len(data):
-        length, atype = NLA_HDR.unpack_from(data, offset)
-        if length < NLA_HDR.size or offset + length > len(data):
-            raise NetlinkFormatError(f"attribute length {length} at {offset} runs past {len(data)}")
-        out[atype & NLA_TYPE_MASK] = bytes(data[offset + NLA_HDR.size: offset + length])
-        offset += _align(length)
-    return out
+# --- struct nfgenmsg ---------------------------------------------------------------------------
 
 
 def nfgen_payload(payload: bytes) -> tuple[int, int, dict[int, bytes]]:
@@ -137,23 +102,7 @@ def nfgen_payload(payload: bytes) -> tuple[int, int, dict[int, bytes]]:
     return family, socket.ntohs(res_id), attributes(payload, NFGEN.size)
 
 
-def error_code(msg: Message) -> int:
-    """The errno of an NLMSG_ERROR (0 is an ack)."""
-    if len(msg.payload) < 4:
-        raise NetlinkFormatError("netlink error message too short")
-    return -struct.unpack_from("=i", msg.payload)[0]
-
-
 # --- building requests --------------------------------------------------------------------------
-
-
-def attr(atype: int, data: bytes, *, nested: bool = False) -> bytes:
-    length = NLA_HDR.size + len(data)
-    return NLA_HDR.pack(length, atype | (NLA_F_NESTED if nested else 0)) + data + b"\0" * (_align(length) - length)
-
-
-def message(mtype: int, flags: int, body: bytes, *, seq: int = 0) -> bytes:
-    return NLMSG_HDR.pack(NLMSG_HDR.size + len(body), mtype, flags, seq, 0) + body
 
 
 def nfgen(family: int, res_id: int) -> bytes:

@@ -1,7 +1,8 @@
-"""A small rtnetlink client: configure the TUN, routes and policy rules.
+"""rtnetlink requests for tunrelay: configure the TUN, addresses, routes and policy rules.
 
-Why not pyroute2: it costs ~300 ms of start-up (field notes), and tunrelay
-needs six message kinds.  Why not `ip`: iproute2 may be absent on the
+Built on netwrap.linux.netlink (framing, attributes, the ack loop). Why not
+pyroute2: its import costs 106-120 ms of start-up (field notes), and tunrelay
+needs six message kinds. Why not `ip`: iproute2 may be absent on the
 "nothing but pip install" machine tunrelay is the fallback for.
 
 The socket is an AF_NETLINK/NETLINK_ROUTE socket that the sandbox's init
@@ -10,27 +11,23 @@ checks CAP_NET_ADMIN both for the socket's opener (init, root there) and for
 the sender (netwrap's parent): rootless, the parent owns the sandbox's user
 namespace and so holds every capability in it; rootful it is root.
 
-Builders are pure functions returning bytes (tested byte for byte); Rtnl
-sends them one at a time and waits for the kernel's ACK, raising OSError
-with the kernel's errno on failure.
+Builders are pure functions returning bytes (tested byte for byte and against
+pyroute2); Rtnl sends them one at a time and waits for the kernel's ACK,
+raising OSError with the kernel's errno on failure.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
-import os
 import socket
 import struct
+from collections.abc import Callable
 
-# linux/netlink.h, linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h, linux/fib_rules.h
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_REQUEST = 0x01
-NLM_F_ACK = 0x04
-NLM_F_REPLACE = 0x100
-NLM_F_EXCL = 0x200
-NLM_F_CREATE = 0x400
+from netwrap.linux.netlink import (NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, Message,
+                                   NetlinkFormatError, attr, attr_u32, message, request)
 
+# linux/rtnetlink.h, linux/if_link.h, linux/if_addr.h, linux/fib_rules.h
 RTM_NEWLINK = 16
 RTM_GETLINK = 18
 RTM_NEWADDR = 20
@@ -67,32 +64,10 @@ FRA_TABLE = 15
 FRA_FWMASK = 16
 FR_ACT_TO_TBL = 1
 
-_NLMSGHDR = struct.Struct("=IHHII")
-_RTATTR = struct.Struct("=HH")
-_IFINFOMSG = struct.Struct("=BxHiII")
-_IFADDRMSG = struct.Struct("=BBBBI")
-_RTMSG = struct.Struct("=BBBBBBBBI")
-_FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")
-_U32 = struct.Struct("=I")
-_I32 = struct.Struct("=i")
-
-
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
-def attr(kind: int, value: bytes) -> bytes:
-    """One rtattr, padded to 4 bytes."""
-    n = _RTATTR.size + len(value)
-    return _RTATTR.pack(n, kind) + value + b"\0" * (_align(n) - n)
-
-
-def attr_u32(kind: int, value: int) -> bytes:
-    return attr(kind, _U32.pack(value))
-
-
-def message(kind: int, flags: int, body: bytes, seq: int = 0) -> bytes:
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, seq, 0) + body
+_IFINFOMSG = struct.Struct("=BxHiII")  # struct ifinfomsg
+_IFADDRMSG = struct.Struct("=BBBBI")  # struct ifaddrmsg
+_RTMSG = struct.Struct("=BBBBBBBBI")  # struct rtmsg
+_FIB_RULE_HDR = struct.Struct("=BBBBBBBBI")  # struct fib_rule_hdr
 
 
 def _family(addr: bytes) -> int:
@@ -101,7 +76,8 @@ def _family(addr: bytes) -> int:
 
 def get_link(name: str, seq: int = 0) -> bytes:
     body = _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, name.encode() + b"\0")
-    return message(RTM_GETLINK, NLM_F_REQUEST, body, seq)
+    # With NLM_F_ACK the kernel acks after its RTM_NEWLINK answer: the one ack loop serves gets too.
+    return message(RTM_GETLINK, NLM_F_REQUEST | NLM_F_ACK, body, seq=seq)
 
 
 def set_link(index: int, *, up: bool = True, mtu: int | None = None, txqlen: int | None = None,
@@ -112,7 +88,7 @@ def set_link(index: int, *, up: bool = True, mtu: int | None = None, txqlen: int
         body += attr_u32(IFLA_MTU, mtu)
     if txqlen is not None:
         body += attr_u32(IFLA_TXQLEN, txqlen)
-    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, seq)
+    return message(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, body, seq=seq)
 
 
 def add_address(index: int, addr: bytes, prefixlen: int, *, nodad: bool = True, seq: int = 0) -> bytes:
@@ -122,7 +98,7 @@ def add_address(index: int, addr: bytes, prefixlen: int, *, nodad: bool = True, 
     flags = IFA_F_NODAD if nodad and len(addr) == 16 else 0
     body = _IFADDRMSG.pack(_family(addr), prefixlen, flags & 0xFF, RT_SCOPE_UNIVERSE, index)
     body += attr(IFA_LOCAL, addr) + attr(IFA_ADDRESS, addr) + attr_u32(IFA_FLAGS, flags)
-    return message(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, seq)
+    return message(RTM_NEWADDR, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, seq=seq)
 
 
 def add_route(family: int, *, dst: bytes | None = None, dst_len: int = 0, gateway: bytes | None = None,
@@ -139,7 +115,7 @@ def add_route(family: int, *, dst: bytes | None = None, dst_len: int = 0, gatewa
     if oif is not None:
         body += attr_u32(RTA_OIF, oif)
     body += attr_u32(RTA_TABLE, table)
-    return message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, seq)
+    return message(RTM_NEWROUTE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, seq=seq)
 
 
 def add_rule(family: int, *, fwmark: int, fwmask: int, table: int, priority: int, seq: int = 0) -> bytes:
@@ -147,29 +123,13 @@ def add_rule(family: int, *, fwmark: int, fwmask: int, table: int, priority: int
     body = _FIB_RULE_HDR.pack(family, 0, 0, 0, table if table < 256 else 0, 0, 0, FR_ACT_TO_TBL, 0)
     body += attr_u32(FRA_PRIORITY, priority) + attr_u32(FRA_FWMARK, fwmark)
     body += attr_u32(FRA_FWMASK, fwmask) + attr_u32(FRA_TABLE, table)
-    return message(RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, seq)
-
-
-def parse_messages(data: bytes) -> list[tuple[int, int, bytes]]:
-    """Split a datagram into (type, seq, payload) triples; stops at a bad length."""
-    out = []
-    off = 0
-    while off + _NLMSGHDR.size <= len(data):
-        length, kind, _flags, seq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if length < _NLMSGHDR.size or off + length > len(data):
-            break
-        out.append((kind, seq, data[off + _NLMSGHDR.size:off + length]))
-        off += _align(length)
-    return out
-
-
-def error_code(payload: bytes) -> int:
-    """The errno of an NLMSG_ERROR payload (0 for an ACK)."""
-    return -_I32.unpack_from(payload)[0] if len(payload) >= 4 else 0
+    return message(RTM_NEWRULE, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL, body, seq=seq)
 
 
 def link_index(payload: bytes) -> int:
     """The interface index of an RTM_NEWLINK payload."""
+    if len(payload) < _IFINFOMSG.size:
+        raise NetlinkFormatError(f"RTM_NEWLINK payload of {len(payload)} bytes, shorter than struct ifinfomsg")
     return _IFINFOMSG.unpack_from(payload)[2]
 
 
@@ -180,25 +140,20 @@ class Rtnl:
         self.sock = sock
         self._seq = itertools.count(1)
 
-    def _exchange(self, build, what: str) -> tuple[int, bytes]:
-        seq = next(self._seq)
-        self.sock.send(build(seq))
-        while True:
-            for kind, got_seq, payload in parse_messages(self.sock.recv(65536)):
-                if got_seq != seq:
-                    continue  # a late answer to an earlier request
-                if kind == NLMSG_ERROR:
-                    err = error_code(payload)
-                    if err:
-                        raise OSError(err, f"{what}: {os.strerror(err)}")
-                return kind, payload
+    def _exchange(self, build: Callable[[int], bytes], what: str) -> list[Message]:
+        return request(self.sock, build(next(self._seq)), what)
 
-    def request(self, build, what: str) -> None:
+    def request(self, build: Callable[[int], bytes], what: str) -> None:
         """Send build(seq) (a request with NLM_F_ACK) and wait for its ACK."""
         self._exchange(build, what)
 
     def link_index(self, name: str) -> int:
-        kind, payload = self._exchange(lambda seq: get_link(name, seq), f"find interface {name}")
-        if kind != RTM_NEWLINK:
-            raise OSError(0, f"find interface {name}: unexpected answer {kind}")
-        return link_index(payload)
+        what = f"find interface {name}"
+        replies = self._exchange(lambda seq: get_link(name, seq), what)
+        links = [m for m in replies if m.type == RTM_NEWLINK]
+        if len(links) != 1:
+            raise OSError(errno.EBADMSG, f"{what}: unexpected answer {[m.type for m in replies]}")
+        try:
+            return link_index(links[0].payload)
+        except NetlinkFormatError as exc:
+            raise OSError(errno.EBADMSG, f"{what}: {exc}") from None
