@@ -42,6 +42,7 @@ from netwrap.capture import bpf
 from netwrap.capture import fields as packet_fields
 from netwrap.capture.spec import CaptureSpec
 from netwrap.capture.writer import CaptureSummary, CaptureWriter
+from netwrap.capture.merge import TimeMerge
 from netwrap.capture.egress import Addressing, EgressSynthesiser, host_resolver_forwarders
 from netwrap.errors import NetwrapError
 from netwrap.linux.hostfiles import ipv6_by_interface, local_ipv4, read_host_file
@@ -56,6 +57,14 @@ POLL_MS = 100
 # The ring hands a partly filled block over after RETIRE_MS; stopping waits
 # until nothing new came for QUIET_S (a few of those), at most LINGER_S.
 RETIRE_MS = 8
+# How long a packet may sit in an unretired block: the retire timeout, plus
+# the kernel timer's granularity (a few jiffies) and the reader's own delay.
+HOLD_NS = (2 * RETIRE_MS + 4) * 1_000_000
+# A backend that holds a packet and writes it back in (tunrelay's SYN gate)
+# shows it twice on the interface: leaving, then arriving byte for byte the
+# same. Small outgoing frames are remembered to write such a packet once.
+SMALL_FRAME = 160
+RECENT_SENT = 256
 QUIET_S = 0.025
 LINGER_S = 1.0
 # Ring sizes in 1 MiB blocks. The kernel zeroes a ring when it is set up and
@@ -128,6 +137,10 @@ class CaptureSession:
         self._synth: EgressSynthesiser | None = None
         self._matcher: WireMatcher | None = None
         self._local: set[bytes] = set()
+        # The sandbox's two rings (its uplink, then lo) feed one time-ordered merge.
+        self._merge: TimeMerge[tuple] = TimeMerge(2, hold_ns=HOLD_NS)
+        self._sent_small: dict[bytes, None] = {}
+        self.reinjected = 0
         self._wake_r, self._wake_w = -1, -1
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -285,6 +298,7 @@ class CaptureSession:
                 break
             time.sleep(RETIRE_MS / 1000)  # let the kernel retire the last block
         self._read_all()
+        self._drain_merge()
         if self._matcher is not None:
             self._matcher.flush()
 
@@ -294,19 +308,40 @@ class CaptureSession:
         Only those count for "quiet": the host ring sees all of the host's
         traffic and may never be quiet.
         """
+        now_ns = time.time_ns()  # before reading: every block retired by now is read below
         n = 0
+        add = self._merge.add
         if self._child_ring is not None:
-            n += self._child_ring.read(self._on_child)
+            n += self._child_ring.read(lambda ts, *packet: add(0, ts, (self._on_child, ts, *packet)))
         if self._lo_ring is not None:
-            n += self._lo_ring.read(self._on_lo)
+            n += self._lo_ring.read(lambda ts, *packet: add(1, ts, (self._on_lo, ts, *packet)))
+        for handler, *packet in self._merge.release(now_ns):
+            handler(*packet)
         if self._host_ring is not None:
             self._host_ring.read(self._on_host)
         return n
+
+    def _drain_merge(self) -> None:
+        for handler, *packet in self._merge.drain():
+            handler(*packet)
 
     def _on_child(self, ts: int, ifindex: int, hatype: int, pkttype: int, status: int, frame: bytes, orig: int) -> None:
         if ts < self._cutoff_ns:
             self._before_start += 1
             return
+        if len(frame) <= SMALL_FRAME:
+            if pkttype == PACKET_OUTGOING:
+                self._sent_small[frame] = None
+                if len(self._sent_small) > RECENT_SENT:
+                    del self._sent_small[next(iter(self._sent_small))]
+            elif frame in self._sent_small:
+                # The sandbox's own packet, handed back in by the backend: it
+                # was written when it left, and a second copy would read as a
+                # retransmission. Real traffic never arrives byte-identical to
+                # what left (its addresses would be swapped).
+                del self._sent_small[frame]
+                self.reinjected += 1
+                return
         child = self.views.get("child")
         if child is not None:
             child.submit(child.ifaces["main"], ts, frame)

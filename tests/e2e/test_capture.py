@@ -69,6 +69,34 @@ def test_child_view_holds_the_whole_tcp_conversation(world: World, backend, as_u
     assert_full_http_conversation(world, path, server)
 
 
+# What a capture that doubled, dropped or reordered packets would show (flow
+# control, such as a full receive window, is real and stays out).
+INVENTED = " || ".join(f"tcp.analysis.{flag}" for flag in (
+    "retransmission", "fast_retransmission", "spurious_retransmission", "out_of_order",
+    "lost_segment", "ack_lost_segment", "duplicate_ack"))
+
+
+@pytest.mark.parametrize("server", [World.WORLD_V4, World.WORLD_V6], ids=["ipv4", "ipv6"])
+def test_clean_transfer_shows_each_packet_once(world: World, backend, as_user: bool, server: str):
+    # A transfer without loss must read as one: every SYN written once, and
+    # nothing that tshark's TCP analysis reads as loss or disorder, whichever path the backend's
+    # TCP takes (tunrelay's fast path holds each SYN on the TUN, then writes it
+    # back in; its packets then continue on the sandbox's lo).
+    path = world.user_dir("cap") / "run.pcapng"
+    host = f"[{server}]" if ":" in server else server
+    script = "; ".join(f"{' '.join(CURL)} -o /dev/null http://{host}:{PORT}/bytes/{size}"
+                       for size in (1 << 20, 3 << 20))
+    done = netwrap_run(world, backend, "-c", str(path), "--", "sh", "-c", script, user=as_user)
+    assert done.returncode == 0, done.stderr
+    ip = "ipv6" if ":" in server else "ip"
+    syns = fields(world, path, f"tcp.flags.syn == 1 && tcp.flags.ack == 0 && {ip}.dst == {server}", "tcp.srcport")
+    assert len(syns) == 2 and len({p for [p] in syns}) == 2, syns  # two connections, one SYN each
+    flagged = fields(world, path, INVENTED, "frame.number", "frame.interface_name", "_ws.expert.message")
+    assert flagged == [], flagged
+    sent = fields(world, path, f"tcp.srcport == {PORT} && {ip}.src == {server}", "tcp.len")
+    assert sum(int(n) for [n] in sent) >= (1 << 20) + (3 << 20)
+
+
 def test_child_view_shows_dns_and_ping(world: World, backend, as_user: bool):
     path = world.user_dir("cap") / "run.pcapng"
     script = f"{' '.join(CURL)} -4 http://www.example.test:{PORT}/hello && ping -c 2 -W 5 {World.WORLD_V4}"
