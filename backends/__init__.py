@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
+from netwrap.config import Tools
 from netwrap.errors import NetwrapError, UsageError
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class Target:
     # Setup-time calls into the sandbox (netwrap.sandbox.calls.SandboxCalls):
     # open a TUN there, create sockets in its netns, run nft/ip/tc as its root.
     calls: Any = attrs.field(default=None, eq=False, repr=False)
+    # The external programs this run found (nft, ip), looked up once.
+    tools: Tools = Tools()
 
 
 @attrs.frozen(kw_only=True)

@@ -91,7 +91,8 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
         holder_pid = ready.holder_pid
         netns_fd = os.open(f"/proc/{holder_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         stack.callback(os.close, netns_fd)
-        target = Target(pid=holder_pid, rootful=config.rootful, netns_fd=netns_fd, calls=SandboxCalls(ours))
+        target = Target(pid=holder_pid, rootful=config.rootful, netns_fd=netns_fd, calls=SandboxCalls(ours),
+                        tools=config.tools)
 
         handle = backend.start(target, config, probe)
         stack.callback(handle.stop)
