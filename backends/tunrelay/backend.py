@@ -30,15 +30,14 @@ import socket
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 from netwrap import __version__
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, Decide, NetworkInfo, Probe, Target,
 )
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import debug
-from netwrap.sandbox.setup import policy_flags
 from netwrap.linux.hostfiles import read_host_file
 
 from . import addressing as A
@@ -196,11 +195,10 @@ class TunrelayHandle:
             # Without nftables nothing in the sandbox enforces --allow/--deny/...;
             # on the NAT path every packet of the child, TCP SYNs included,
             # passes the core, so the core judges each new flow instead.
-            enforces_policy = chosen == "nat" and target.tools.nft is None and bool(policy_flags(config))
-            if enforces_policy:
-                from netwrap.policy.runtime import start_time_decide
-
-                core_policy = _ruled(start_time_decide(config, info), destinations.policy)
+            decider = target.policy_decider
+            enforces_policy = chosen == "nat" and target.tools.nft is None and decider is not None
+            if enforces_policy and decider is not None:
+                core_policy = _ruled(decider(info), destinations.policy)
             core = RelayCore(CoreConfig(nat=nat, udp_max_flows=udp_flows), policy=core_policy)
             gate = None
             if chosen == "tproxy":
@@ -303,7 +301,7 @@ class TunrelayHandle:
 # -- setup steps ---------------------------------------------------------------------------------
 
 
-def _ruled(decide: Callable[..., Any], passes: Policy) -> Policy:
+def _ruled(decide: Decide, passes: Policy) -> Policy:
     """The run's rules first, on the address the child sent to (as nftables
     in the sandbox would judge it), then where an allowed flow goes.
     Refused TCP gets a reset, the rest ICMP admin-prohibited: both fail fast."""

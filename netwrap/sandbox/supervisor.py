@@ -13,13 +13,13 @@ import os
 import select
 import signal
 import sys
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 import attrs
 
 from netwrap.sandbox import setup
 from netwrap.linux import syscalls
-from netwrap.backends import Probe, Target
+from netwrap.backends import Backend, Decide, NetworkInfo, Probe, Target
 from netwrap.config import Config
 from netwrap.sandbox.channel import Channel, ChannelClosed, SandboxError
 from netwrap.sandbox.messages import BackendReady, Exited, Message, NsReady, Started
@@ -50,7 +50,7 @@ class Outcome:
     policy: object = None
 
 
-def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Outcome:
+def run(config: Config, backend: Backend, probe: Probe, *, nft: str | None = None) -> Outcome:
     outcome = Outcome(backend=backend.name, backend_version=probe.version)
     with contextlib.ExitStack() as stack:
         capture = None
@@ -92,7 +92,7 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
         netns_fd = os.open(f"/proc/{holder_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         stack.callback(os.close, netns_fd)
         target = Target(pid=holder_pid, rootful=config.rootful, netns_fd=netns_fd, calls=SandboxCalls(ours),
-                        tools=config.tools)
+                        tools=config.tools, policy_decider=_policy_decider(config))
 
         handle = backend.start(target, config, probe)
         stack.callback(handle.stop)
@@ -101,7 +101,7 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
             capture.attach(target.calls, network, holder_pid)
             # Stopped before the backend is, so the last packets still arrive.
             stack.callback(_end_capture, capture, outcome)
-        if getattr(handle, "enforces_policy", False):
+        if handle.enforces_policy:
             # No nftables: the backend's own engine judges each new flow.
             outcome.notes.append(f"network policy enforced by {backend.name}'s engine (no nftables): "
                                  "--allow hostnames resolved at start only, no flow counts")
@@ -127,6 +127,19 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
         outcome.started = True
         outcome.exit_status = _main_loop(ours, sigfd, init_pid, holder, handle, outcome)
     return outcome
+
+
+def _policy_decider(config: Config) -> Callable[[NetworkInfo], Decide] | None:
+    """The run's policy for a backend that judges flows in its own engine; None without one."""
+    if not setup.policy_flags(config):
+        return None
+
+    def decider(network: NetworkInfo) -> Decide:
+        from netwrap.policy.runtime import start_time_decide  # only a backend without nftables asks
+
+        return start_time_decide(config, network)
+
+    return decider
 
 
 def _end_capture(capture, outcome: Outcome) -> None:
