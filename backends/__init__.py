@@ -1,8 +1,11 @@
 """The backend layer: what gives the sandbox's network namespace connectivity.
 
-A backend is a small class with:
+A backend is a small class (the Backend protocol below) with:
   name, package (what a distro calls it), capabilities (a frozenset of the
-  CAP_* names below), probe() -> Probe, and start(target, config) -> Handle.
+  CAP_* names below), probe() -> Probe, and start(target, config, probe) -> Handle.
+Everything a backend gets from the front-end comes through Target (and the
+read-only Config): backends import only netwrap.errors, netwrap.config,
+netwrap.linux.* and netwrap.__version__, never the front-end itself.
 
 Backends are found through the entry-point group ``netwrap.backends``; the
 ones shipped with netwrap are also known statically so that a run never pays
@@ -13,14 +16,18 @@ not ship. ``--backend auto`` tries AUTO_ORDER and takes the first available.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Union, runtime_checkable
 
 import attrs
 
+from netwrap.config import Tools
 from netwrap.errors import NetwrapError, UsageError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # types only: a backend never imports the front-end at run time
+    from ipaddress import IPv4Address, IPv6Address
+
     from netwrap.config import Config
+    from netwrap.sandbox.calls import SandboxCalls
 
 ENTRY_POINT_GROUP = "netwrap.backends"
 
@@ -66,9 +73,15 @@ class Target:
     # it (as /proc/self/fd/N) needs no ptrace access to the holder process,
     # which a root helper that drops capabilities no longer has.
     netns_fd: int
-    # Setup-time calls into the sandbox (netwrap.sandbox.calls.SandboxCalls):
-    # open a TUN there, create sockets in its netns, run nft/ip/tc as its root.
-    calls: Any = attrs.field(default=None, eq=False, repr=False)
+    # Setup-time calls into the sandbox: open a TUN there, create sockets in
+    # its netns, run nft/ip as its root. Valid until the backend is ready.
+    calls: "SandboxCalls | None" = attrs.field(default=None, eq=False, repr=False)
+    # The external programs this run found (nft, ip), looked up once.
+    tools: Tools = Tools()
+    # The run's network policy, for a backend whose own engine must judge each
+    # new flow (tunrelay without nftables); None when the run has no policy.
+    # Given what the backend set up, it returns the decision function.
+    policy_decider: "Callable[[NetworkInfo], Decide] | None" = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen(kw_only=True)
@@ -85,10 +98,25 @@ class NetworkInfo:
     internal_networks: tuple[str, ...] = ()
 
 
+class FlowDecision(Protocol):
+    """What a backend reads of the front-end's verdict on one flow."""
+
+    @property
+    def allowed(self) -> bool: ...
+
+
+# decide(protocol "tcp"/"udp"/"icmp", destination address, port or None for icmp)
+Decide = Callable[[str, Union["IPv4Address", "IPv6Address"], Optional[int]], FlowDecision]
+
+
+@runtime_checkable
 class Handle(Protocol):
     """A started backend. Owned by the netwrap parent; stop() is idempotent."""
 
     pid: int | None
+    # True when the backend's own engine judges the run's network policy
+    # (nothing in the sandbox does): the front-end then sets up no nftables policy.
+    enforces_policy: bool
 
     def wait_ready(self, timeout: float) -> NetworkInfo: ...
 
@@ -105,6 +133,7 @@ class Handle(Protocol):
     def stop(self, timeout: float = 2.0) -> None: ...
 
 
+@runtime_checkable
 class Backend(Protocol):
     name: str
     package: str
@@ -112,7 +141,8 @@ class Backend(Protocol):
 
     def probe(self) -> Probe: ...
 
-    def start(self, target: Target, config: "Config") -> Handle: ...
+    def start(self, target: Target, config: "Config", probe: Probe | None = None) -> Handle:
+        """Attach to the sandbox; `probe` is what probe() found (probed again if None)."""
 
 
 def _load(spec: str) -> type:

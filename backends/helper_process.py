@@ -132,6 +132,9 @@ class DelegatesToProcess:
     """The Handle methods a helper-backed backend answers from its HelperProcess."""
 
     process: HelperProcess
+    pid: int | None  # the helper's, set by the subclass once it runs
+    # A helper only moves packets: the policy is nftables' job in the sandbox.
+    enforces_policy = False
 
     def fileno(self) -> int | None:
         return self.process.fileno()

@@ -45,6 +45,7 @@ from netwrap.backends import (
 )
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import probe_binary
+from netwrap.config import Tools
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import debug, which
 from netwrap.linux.scratch import make_private_dir, remove_private_dir
@@ -77,7 +78,8 @@ class Slirp4netnsBackend:
     def capabilities(self) -> frozenset[str]:
         """What this machine's slirp4netns can do in a run without --dns; probed (cached) on first use."""
         probe = self._probe or self.probe()
-        return capabilities_for(probe, ipv6="enable-ipv6" in probe.options and which("ip") is not None,
+        # Tools.find is the lookup the run's Config holds (done once per process).
+        return capabilities_for(probe, ipv6="enable-ipv6" in probe.options and Tools.find().ip is not None,
                                 icmp=icmp_possible(sandboxed=use_sandbox(probe, None)))
 
     def probe(self) -> Probe:
@@ -156,7 +158,7 @@ def ipv6_possible(probe: Probe, target: Target) -> bool:
     """IPv6 needs the build's --enable-ipv6 and `ip` to configure it inside."""
     if "enable-ipv6" not in probe.options or target.calls is None:
         return False
-    if which("ip") is None:
+    if target.tools.ip is None:
         debug("slirp4netns: IPv6 left off: `ip` (iproute2) is not installed")
         return False
     return True
@@ -301,7 +303,7 @@ class Slirp4netnsHandle(DelegatesToProcess):
         batch = (f"address add {ADDRESS_V6} dev {TAP} nodad\n"
                  f"route add ::/0 via {GATEWAY_V6} dev {TAP}\n")
         try:
-            self._target.calls.run(["ip", "-batch", "-"], input=batch)
+            self._target.calls.run([self._target.tools.ip or "ip", "-batch", "-"], input=batch)
         except NetwrapError:
             self.stop()
             raise

@@ -6,9 +6,36 @@ rest of netwrap only reads it.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from netwrap.policy.model import Policy
+
+
+@attrs.frozen(kw_only=True)
+class Tools:
+    """Where the external programs netwrap drives are (None: not installed).
+
+    Looked up once per run, when the Config is built, and passed down: every
+    part of netwrap then agrees on whether nftables is there, and which one.
+    """
+
+    nft: str | None = None
+    ip: str | None = None
+
+    @classmethod
+    def find(cls) -> "Tools":
+        return _find_tools()
+
+
+@functools.cache
+def _find_tools() -> Tools:
+    from netwrap.linux.commands import which
+
+    return Tools(nft=which("nft"), ip=which("ip"))
 
 
 @attrs.frozen(kw_only=True)
@@ -47,6 +74,11 @@ class Config:
     block_private: bool = False
     block_metadata: bool = False
     flow_log: str | None = None
+    # The parsed --allow/--deny/--default-policy/presets (netwrap.policy.model.Policy),
+    # built once by the CLI when any of them, --flow-log or --summary is given; the
+    # backend's own addresses and resolvers join it at run time (Policy.with_network).
+    policy: "Policy | None" = attrs.field(default=None, eq=False)
+    tools: Tools = Tools()
     # -c/-C: netwrap.capture.spec.CaptureSpec, or None for no capture.
     capture: Any = None
     summary: bool = False

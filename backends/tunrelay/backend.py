@@ -30,16 +30,15 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING
 
 from netwrap import __version__
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, Decide, NetworkInfo, Probe, Target,
 )
 from netwrap.errors import NetwrapError
 from netwrap.linux import rtnetlink
-from netwrap.linux.commands import debug, which
-from netwrap.sandbox.setup import policy_flags
+from netwrap.linux.commands import debug
 from netwrap.linux.hostfiles import read_host_file
 
 from . import addressing as A
@@ -50,6 +49,10 @@ from .packets import TCP, Packet
 from .vnet import (
     IFF_NO_PI, IFF_TUN, IFF_VNET_HDR, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_USO4, TUN_F_USO6, VNET_HDR_LEN,
 )
+
+if TYPE_CHECKING:  # types only: backends never import the front-end at run time
+    from netwrap.config import Config
+    from netwrap.sandbox.calls import SandboxCalls
 
 TCP_PATHS = ("auto", "tproxy", "nat")
 LISTEN_BACKLOG = 4096
@@ -95,8 +98,8 @@ class TunrelayBackend:
                          reason=f"/dev/net/tun cannot be opened: {exc.strerror}", fix="see 'netwrap doctor'")
         return Probe(available=True, version=version, path=where)
 
-    def start(self, target: Target, config, probe: Probe | None = None) -> "TunrelayHandle":
-        path = getattr(config, "tunrelay_tcp", None) or "auto"
+    def start(self, target: Target, config: Config, probe: Probe | None = None) -> "TunrelayHandle":
+        path = config.tunrelay_tcp
         if path not in TCP_PATHS:
             raise NetwrapError(f"unknown tunrelay TCP path {path!r} (known: {', '.join(TCP_PATHS)})")
         return TunrelayHandle.start(target, config, path)
@@ -136,7 +139,7 @@ class TunrelayHandle:
 
     # -- setup ------------------------------------------------------------------------------------
     @classmethod
-    def start(cls, target: Target, config, path: str) -> "TunrelayHandle":
+    def start(cls, target: Target, config: Config, path: str) -> "TunrelayHandle":
         from .core import CoreConfig, RelayCore
         from .engine import Engine
         from .nat import NatConfig
@@ -160,7 +163,7 @@ class TunrelayHandle:
                 chosen = path
                 if path in ("auto", "tproxy"):
                     try:
-                        listeners = _setup_tproxy(calls, rtnl, stack)
+                        listeners = _setup_tproxy(calls, rtnl, stack, target.tools.nft)
                         chosen = "tproxy"
                     except (NetwrapError, OSError) as exc:
                         if path == "tproxy":
@@ -193,11 +196,10 @@ class TunrelayHandle:
             # Without nftables nothing in the sandbox enforces --allow/--deny/...;
             # on the NAT path every packet of the child, TCP SYNs included,
             # passes the core, so the core judges each new flow instead.
-            enforces_policy = chosen == "nat" and which("nft") is None and bool(policy_flags(config))
-            if enforces_policy:
-                from netwrap.policy.runtime import start_time_decide
-
-                core_policy = _ruled(start_time_decide(config, info), destinations.policy)
+            decider = target.policy_decider
+            enforces_policy = chosen == "nat" and target.tools.nft is None and decider is not None
+            if enforces_policy and decider is not None:
+                core_policy = _ruled(decider(info), destinations.policy)
             core = RelayCore(CoreConfig(nat=nat, udp_max_flows=udp_flows), policy=core_policy)
             gate = None
             if chosen == "tproxy":
@@ -300,7 +302,7 @@ class TunrelayHandle:
 # -- setup steps ---------------------------------------------------------------------------------
 
 
-def _ruled(decide: Callable[..., Any], passes: Policy) -> Policy:
+def _ruled(decide: Decide, passes: Policy) -> Policy:
     """The run's rules first, on the address the child sent to (as nftables
     in the sandbox would judge it), then where an allowed flow goes.
     Refused TCP gets a reset, the rest ICMP admin-prohibited: both fail fast."""
@@ -314,7 +316,7 @@ def _ruled(decide: Callable[..., Any], passes: Policy) -> Policy:
     return policy
 
 
-def _open_tun(calls) -> int:
+def _open_tun(calls: SandboxCalls) -> int:
     flags = IFF_TUN | IFF_NO_PI | IFF_VNET_HDR
     try:
         fd, _ = calls.tun(A.TUN_NAME, flags, offload=OFFLOADS, vnet_hdr_size=VNET_HDR_LEN)
@@ -340,8 +342,8 @@ def _configure_tun(rtnl: rtnetlink.Rtnl) -> int:
     return index
 
 
-def _setup_tproxy(calls, rtnl: rtnetlink.Rtnl, stack: contextlib.ExitStack) -> list[socket.socket]:
-    nft = which("nft")
+def _setup_tproxy(calls: SandboxCalls, rtnl: rtnetlink.Rtnl, stack: contextlib.ExitStack,
+                  nft: str | None) -> list[socket.socket]:
     if nft is None:
         raise NetwrapError("nft not found in PATH (install the 'nftables' package)")
     # The relay writes a connection's SYN back into the TUN with the app's
@@ -370,7 +372,7 @@ def _setup_tproxy(calls, rtnl: rtnetlink.Rtnl, stack: contextlib.ExitStack) -> l
     return [l4, l6]
 
 
-def _nat_listeners(calls, stack: contextlib.ExitStack) -> list[socket.socket]:
+def _nat_listeners(calls: SandboxCalls, stack: contextlib.ExitStack) -> list[socket.socket]:
     out = []
     for family, addr, options in (
         (socket.AF_INET, A.ADDRESS_V4, []),

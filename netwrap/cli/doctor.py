@@ -9,7 +9,8 @@ import attrs
 
 from netwrap import backends
 from netwrap.linux import syscalls
-from netwrap.linux.commands import CommandError, run, which
+from netwrap.config import Tools
+from netwrap.linux.commands import CommandError, run
 
 
 @attrs.frozen(kw_only=True)
@@ -68,7 +69,7 @@ def check_backend(name: str) -> Check:
 
 def check_nftables() -> Check:
     name = "nftables"
-    path = which("nft")
+    path = Tools.find().nft
     if path is None:
         return Check(name=name, ok=False, detail="nft not found in PATH",
                      fix="install the 'nftables' package (e.g. apt-get install nftables)")

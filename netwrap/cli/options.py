@@ -120,7 +120,7 @@ def parse(argv: Sequence[str]):
         raise UsageError("no command given (usage: netwrap [OPTIONS] [--] COMMAND [ARGS...])")
 
     from netwrap import backends
-    from netwrap.config import Config
+    from netwrap.config import Config, Tools
 
     if not backends.is_known(args.backend):
         known = ", ".join(["auto", *backends.names()])
@@ -156,6 +156,7 @@ def parse(argv: Sequence[str]):
         summary=args.summary,
         tunrelay_tcp=args.tunrelay_tcp,
         **_policy(args),
+        tools=Tools.find(),
         verbosity=-1 if args.quiet else args.verbose,
         rootful=rootful,
         caller_uid=os.getuid(),
@@ -172,10 +173,14 @@ def _policy(args: argparse.Namespace) -> dict:
         # pasta serves host loopback through the sandbox's own loopback, which no rule can tell apart.
         raise UsageError("--block-private cannot be combined with --allow-host-loopback: "
                          "one closes every way to the host, the other opens one")
-    if args.allow or args.deny or args.default_policy is not None or args.offline:
+    if (args.allow or args.deny or args.default_policy is not None or args.offline or args.block_private
+            or args.block_metadata or args.flow_log is not None or args.summary):
         from netwrap.policy.model import build_policy
 
-        build_policy(allow=args.allow, deny=args.deny, default_policy=args.default_policy, offline=args.offline)
+        # Parsed once, here; the run adds what only the backend knows (Policy.with_network).
+        fields["policy"] = build_policy(allow=args.allow, deny=args.deny, default_policy=args.default_policy,
+                                        offline=args.offline, block_private=args.block_private,
+                                        block_metadata=args.block_metadata)
     if args.flow_log is not None:
         _check_writable("--flow-log", args.flow_log)
     return fields

@@ -141,6 +141,21 @@ class Policy:
     # default, so hostname rules keep working (not under --offline).
     dns_servers: tuple[IPAddress, ...] = ()
 
+    def with_network(
+        self,
+        *,
+        host_addresses: Iterable[Union[str, IPAddress, IPNetwork]] = (),
+        dns_servers: Iterable[Union[str, IPAddress]] = (),
+    ) -> "Policy":
+        """This policy once the backend is up: ``host_addresses`` join the
+        --block-private set and ``dns_servers`` are the sandbox's resolvers
+        (as in ``build_policy``), without parsing the specs again."""
+        return attrs.evolve(
+            self,
+            private_networks=collapse((*self.private_networks, *(_as_network(a) for a in host_addresses))),
+            dns_servers=tuple(dict.fromkeys(normalize_address(a) for a in dns_servers)),
+        )
+
     @property
     def hostnames(self) -> tuple[str, ...]:
         """Distinct names in --allow rules, in order of first appearance."""

@@ -65,10 +65,10 @@ from netwrap.policy import flowlog
 from netwrap.linux import nfnetlink
 from netwrap.policy import nft as policy_nft
 from netwrap.errors import NetwrapError
-from netwrap.linux.commands import debug, which
+from netwrap.linux.commands import debug
 from netwrap.sandbox.setup import policy_flags
 from netwrap.linux.hostfiles import ipv6_by_interface, local_ipv4, read_host_file
-from netwrap.policy.model import Decision, IPAddress, Policy, build_policy, normalize_address, normalize_hostname_key
+from netwrap.policy.model import Decision, IPAddress, Policy, normalize_address, normalize_hostname_key
 
 NFLOG_GROUP = 0x4E57  # the sandbox's own netns: no other user of the group
 RCVBUF = 4 << 20
@@ -80,11 +80,10 @@ SYSCTL_TIMESTAMP = "/proc/sys/net/netfilter/nf_conntrack_timestamp"
 
 
 def build(config: Any, *, host_addresses: Iterable[str] = (), dns_servers: Iterable[str] = ()) -> Policy:
-    """The Policy of a run (UsageError on bad specs, which the CLI checks first)."""
-    return build_policy(allow=config.allow, deny=config.deny, default_policy=config.default_policy,
-                        offline=config.offline, block_private=config.block_private,
-                        block_metadata=config.block_metadata, host_addresses=host_addresses,
-                        dns_servers=dns_servers)
+    """The Policy of a run: the one the CLI parsed, with what the backend set up."""
+    if config.policy is None:
+        raise NetwrapError("the run's network policy was not parsed (netwrap.cli.options builds Config.policy)")
+    return config.policy.with_network(host_addresses=host_addresses, dns_servers=dns_servers)
 
 
 def start_time_decide(config: Any, network: Any) -> Callable[..., Decision]:
@@ -234,7 +233,7 @@ class PolicyEngine:
         """None when nothing is to be enforced or counted."""
         wanted = bool(policy_flags(config))
         tracking = config.flow_log is not None or config.summary
-        nft = nft or which("nft")
+        nft = nft or config.tools.nft
         if not wanted and not (tracking and nft):
             return None  # --summary alone without nftables: no counts, and no error
         if nft is None:  # frontend.check refused this already; a library caller may not have

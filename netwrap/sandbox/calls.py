@@ -21,10 +21,10 @@ import fcntl
 import os
 import socket
 import struct
-from typing import Any
 
-from netwrap.sandbox.channel import Channel, ChannelClosed, SandboxError
 from netwrap.errors import NetwrapError
+from netwrap.sandbox.channel import Channel, ChannelClosed, SandboxError
+from netwrap.sandbox.messages import BackendReady, Call, Reply, RunCall, SocketCall, TunCall, WriteCall, op_of
 
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
@@ -42,113 +42,107 @@ class SandboxCalls:
     def __init__(self, chan: Channel) -> None:
         self._chan = chan
 
-    def _call(self, call: str, **fields: Any) -> tuple[dict, list[int]]:
+    def _call(self, call: Call) -> tuple[Reply, list[int]]:
+        name = op_of(call)
         try:
-            self._chan.send("call", call=call, **fields)
-            msg, fds = self._chan.recv()
+            self._chan.send(call)
+            reply, fds = self._chan.expect(Reply)
         except (OSError, ChannelClosed):
-            raise NetwrapError(f"the sandbox ended during setup ({call})") from None
-        if msg.get("op") == "error":  # init could not go on at all
-            raise NetwrapError(msg.get("message", "sandbox setup failed"))
-        if msg.get("op") != "reply":
-            raise NetwrapError(f"protocol error: expected a reply to {call}, got {msg.get('op')!r}")
-        if msg.get("error"):
+            raise NetwrapError(f"the sandbox ended during setup ({name})") from None
+        except SandboxError as exc:  # init could not go on at all
+            raise NetwrapError(str(exc)) from None
+        if reply.error is not None:
             for fd in fds:
                 os.close(fd)
-            raise NetwrapError(f"in the sandbox, {call} failed: {msg['error']}")
-        return msg, fds
+            raise NetwrapError(f"in the sandbox, {name} failed: {reply.error}")
+        return reply, fds
 
-    def socket(self, family: int, type: int, proto: int = 0, *, bind: tuple | None = None,
+    def socket(self, family: int, type: int, proto: int = 0, *, bind: tuple[str | int, ...] | None = None,
                listen: int | None = None, options: list[tuple[int, int, int]] = ()) -> socket.socket:
-        _, fds = self._call("socket", family=int(family), type=int(type), proto=proto,
-                            bind=list(bind) if bind is not None else None, listen=listen,
-                            options=[list(o) for o in options])
+        _, fds = self._call(SocketCall(family=int(family), type=int(type), proto=int(proto), bind=bind,
+                                       listen=listen, options=tuple(tuple(o) for o in options)))
         return socket.socket(fileno=fds[0])
 
     def tun(self, name: str, flags: int, *, offload: int | None = None, vnet_hdr_size: int | None = None) -> tuple[int, str]:
-        msg, fds = self._call("tun", name=name, flags=flags, offload=offload, vnet_hdr_size=vnet_hdr_size)
-        return fds[0], msg["name"]
+        reply, fds = self._call(TunCall(name=name, flags=flags, offload=offload, vnet_hdr_size=vnet_hdr_size))
+        return fds[0], reply.name or name
 
-    def run(self, argv: list[str], *, input: str | None = None, check: bool = True) -> dict:
-        msg, _ = self._call("run", argv=list(argv), input=input, check=check)
-        return msg
+    def run(self, argv: list[str], *, input: str | None = None, check: bool = True) -> Reply:
+        """The program's exit status, stdout and stderr (fields of the Reply)."""
+        reply, _ = self._call(RunCall(argv=tuple(argv), input=input, check=check))
+        return reply
 
     def write(self, path: str, data: str) -> None:
-        self._call("write", path=path, data=data)
+        self._call(WriteCall(path=path, data=data))
 
 
 # --- init's end ---------------------------------------------------------------------------
 
-def serve(msg: dict) -> tuple[dict, list[int]]:
-    """Perform one call inside the sandbox: (reply fields, fds to send)."""
-    call = msg.get("call")
+def serve(call: Call) -> tuple[Reply, list[int]]:
+    """Perform one call inside the sandbox: (the reply, fds to send with it)."""
     try:
-        if call == "socket":
-            return _socket(msg)
-        if call == "tun":
-            return _tun(msg)
-        if call == "run":
-            return _run(msg)
-        if call == "write":
-            with open(msg["path"], "w") as f:
-                f.write(msg["data"])
-            return {}, []
-        return {"error": f"unknown call {call!r}"}, []
-    except (OSError, NetwrapError, KeyError, ValueError, TypeError) as exc:
-        return {"error": str(exc)}, []
+        if isinstance(call, SocketCall):
+            return _socket(call)
+        if isinstance(call, TunCall):
+            return _tun(call)
+        if isinstance(call, RunCall):
+            return _run(call)
+        with open(call.path, "w") as f:
+            f.write(call.data)
+        return Reply(), []
+    except (OSError, NetwrapError, ValueError, TypeError) as exc:
+        return Reply(error=str(exc)), []
 
 
-def _socket(msg: dict) -> tuple[dict, list[int]]:
-    s = socket.socket(msg["family"], msg["type"], msg.get("proto") or 0)
+def _socket(call: SocketCall) -> tuple[Reply, list[int]]:
+    s = socket.socket(call.family, call.type, call.proto)
     try:
-        for level, name, value in msg.get("options") or ():
+        for level, name, value in call.options:
             s.setsockopt(level, name, value)
-        if msg.get("bind") is not None:
-            s.bind(tuple(msg["bind"]))
-        if msg.get("listen") is not None:
-            s.listen(msg["listen"])
-        return {}, [s.detach()]
+        if call.bind is not None:
+            s.bind(call.bind)
+        if call.listen is not None:
+            s.listen(call.listen)
+        return Reply(), [s.detach()]
     except BaseException:
         s.close()
         raise
 
 
-def _tun(msg: dict) -> tuple[dict, list[int]]:
+def _tun(call: TunCall) -> tuple[Reply, list[int]]:
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     try:
-        ifr = struct.pack("16sH22x", msg["name"].encode(), msg["flags"])
+        ifr = struct.pack("16sH22x", call.name.encode(), call.flags)
         name = struct.unpack("16sH22x", fcntl.ioctl(fd, TUNSETIFF, ifr))[0].rstrip(b"\0").decode()
-        if msg.get("vnet_hdr_size") is not None:
-            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", msg["vnet_hdr_size"]))
-        if msg.get("offload") is not None:
-            fcntl.ioctl(fd, TUNSETOFFLOAD, msg["offload"])
-        return {"name": name}, [fd]
+        if call.vnet_hdr_size is not None:
+            fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", call.vnet_hdr_size))
+        if call.offload is not None:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, call.offload)
+        return Reply(name=name), [fd]
     except BaseException:
         os.close(fd)
         raise
 
 
-def _run(msg: dict) -> tuple[dict, list[int]]:
+def _run(call: RunCall) -> tuple[Reply, list[int]]:
     from netwrap.linux.commands import run
 
-    done = run(msg["argv"], input=msg.get("input"), check=bool(msg.get("check", True)))
-    return {"status": done.status, "stdout": done.stdout, "stderr": done.stderr}, []
+    done = run(list(call.argv), input=call.input, check=call.check)
+    return Reply(status=done.status, stdout=done.stdout, stderr=done.stderr), []
 
 
-def serve_until(chan: Channel, op: str) -> dict:
-    """Init: answer calls until the parent sends `op`; return that message."""
+def serve_until_ready(chan: Channel) -> BackendReady:
+    """Init: answer calls until the parent says the backend is ready; that message.
+
+    The channel's conversation refuses anything else in between (ProtocolError).
+    """
     while True:
-        msg, fds = chan.recv()
-        for fd in fds:
-            os.close(fd)
-        if msg.get("op") == "call":
-            reply, out_fds = serve(msg)
-            try:
-                chan.send("reply", fds=out_fds, **reply)
-            finally:
-                for fd in out_fds:
-                    os.close(fd)
-            continue
-        if msg.get("op") == op:
+        msg, _ = chan.recv()  # only a Reply may carry fds, and init receives none
+        if isinstance(msg, BackendReady):
             return msg
-        raise SandboxError(f"protocol error: expected {op!r} or a call, got {msg.get('op')!r}")
+        reply, out_fds = serve(msg)  # type: ignore[arg-type]  # the order table lets only calls through
+        try:
+            chan.send(reply, fds=out_fds)
+        finally:
+            for fd in out_fds:
+                os.close(fd)

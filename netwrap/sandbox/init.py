@@ -31,6 +31,7 @@ from netwrap.sandbox import calls
 from netwrap.config import Config
 from netwrap.errors import NetwrapError
 from netwrap.sandbox.channel import Channel, ChannelClosed
+from netwrap.sandbox.messages import Conversation, Exited, Failed, NsReady, Started
 
 # Signals netwrap passes on to the command when someone sends them to it.
 FORWARDED = (
@@ -53,8 +54,8 @@ def exit_code(status: int) -> int:
 
 def _fail(chan: Channel, message: str) -> None:
     try:
-        chan.send("error", message=message)
-    except OSError:
+        chan.send(Failed(message=message))
+    except (OSError, NetwrapError):  # gone, or failed already
         pass
     os._exit(EXIT_SETUP_FAILED)
 
@@ -97,7 +98,7 @@ def holder_main(config: Config, chan: Channel, netwrap_pid: int) -> None:
         except BaseException:  # never let an init exception unwind into netwrap
             _fail(chan, "sandbox init failed: " + traceback.format_exc().strip().splitlines()[-1])
         os._exit(EXIT_SETUP_FAILED)
-    chan.send("ns-ready", holder_pid=holder, init_pid=init_pid)
+    chan.send(NsReady(holder_pid=holder, init_pid=init_pid))
     chan.close()
     while True:
         try:
@@ -113,6 +114,7 @@ def init_main(config: Config, chan: Channel, holder_pid: int) -> None:
     # holder that died before this line is noticed through the channel:
     # netwrap then closes it and the wait for "backend-ready" ends.
     syscalls.set_pdeathsig(signal.SIGKILL)
+    chan.conversation = Conversation.for_init()
     # The holder ignored the terminal's signals; init takes the forwarded
     # ones through a signalfd (blocked signals still reach a pid 1).
     signal.pthread_sigmask(signal.SIG_BLOCK, [*FORWARDED, signal.SIGCHLD])
@@ -127,8 +129,8 @@ def init_main(config: Config, chan: Channel, holder_pid: int) -> None:
 
     try:
         # Until the backend is ready, the parent may ask init to act in here
-        # (open a TUN, create listeners, run nft): see sandbox_calls.
-        msg = calls.serve_until(chan, "backend-ready")
+        # (open a TUN, create listeners, run nft): see netwrap.sandbox.calls.
+        ready = calls.serve_until_ready(chan)
     except ChannelClosed:
         os._exit(EXIT_SETUP_FAILED)
     try:
@@ -136,12 +138,12 @@ def init_main(config: Config, chan: Channel, holder_pid: int) -> None:
     except OSError as exc:
         _fail(chan, f"cannot bring up the sandbox's loopback: {exc.strerror}")
     try:
-        setup.apply(setup.SetupPlan.from_message(msg.get("plan") or {}))
+        setup.apply(ready.plan)
     except (OSError, NetwrapError) as exc:
         _fail(chan, f"sandbox setup failed: {exc}")
 
     command_pid = _start_command(config, chan)
-    chan.send("started", pid=command_pid)
+    chan.send(Started(pid=command_pid))
     status = _supervise(chan, sigfd, command_pid)
     # Whatever the command left running ends with it (kill(-1) from pid 1
     # reaches every other process of this PID namespace).
@@ -150,7 +152,7 @@ def init_main(config: Config, chan: Channel, holder_pid: int) -> None:
     except ProcessLookupError:
         pass
     try:
-        chan.send("exited", status=status)
+        chan.send(Exited(status=status))
     except OSError:
         pass
     os._exit(exit_code(status))
@@ -256,12 +258,12 @@ def _supervise(chan: Channel, sigfd: int, command_pid: int) -> int:
             continue
         if chan_open and chan.fileno() in readable:
             try:
-                msg, _ = chan.recv()
+                # Watched only to see netwrap go: it sends nothing once the
+                # command runs, so any message is refused (ProtocolError).
+                chan.recv()
             except ChannelClosed:
                 chan_open = False  # netwrap is going; PDEATHSIG follows
                 continue
-            if msg.get("op") == "signal":
-                _kill(command_pid, int(msg["signal"]))
         if sigfd not in readable:
             continue
         signo, code, _sender = syscalls.read_signalfd(sigfd)

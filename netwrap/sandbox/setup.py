@@ -18,7 +18,7 @@ from netwrap.linux import syscalls
 from netwrap.backends import NetworkInfo
 from netwrap.config import Config
 from netwrap.errors import NetwrapError
-from netwrap.linux.commands import run, which
+from netwrap.linux.commands import run
 from netwrap.linux.hostfiles import read_host_file
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
@@ -62,7 +62,8 @@ def check(config: Config, backend: str | None = None) -> str | None:
     packet), so only the flow log, which reads conntrack, still needs nft.
     """
     policy = policy_flags(config)
-    if policy and which("nft") is None:
+    nft = config.tools.nft
+    if policy and nft is None:
         if backend != "tunrelay":
             raise NetwrapError(f"{policy[0]} needs nftables to enforce the network policy in the sandbox; "
                                "install the 'nftables' package")
@@ -70,8 +71,7 @@ def check(config: Config, backend: str | None = None) -> str | None:
             raise NetwrapError("--flow-log needs nftables (it reads the sandbox's conntrack); "
                                "install the 'nftables' package")
     if not config.dns:
-        return which("nft") if policy else None
-    nft = which("nft")
+        return nft if policy else None
     if nft is None:
         raise NetwrapError("--dns needs nftables to send every DNS flow to the resolver; "
                            "install the 'nftables' package")

@@ -13,14 +13,16 @@ import os
 import select
 import signal
 import sys
+from typing import Callable, TypeVar
 
 import attrs
 
 from netwrap.sandbox import setup
 from netwrap.linux import syscalls
-from netwrap.backends import Probe, Target
+from netwrap.backends import Backend, Decide, NetworkInfo, Probe, Target
 from netwrap.config import Config
 from netwrap.sandbox.channel import Channel, ChannelClosed, SandboxError
+from netwrap.sandbox.messages import BackendReady, Exited, Message, NsReady, Started
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import wait_pid
 from netwrap.sandbox.calls import SandboxCalls
@@ -28,6 +30,8 @@ from netwrap.linux.scratch import make_private_dir, remove_private_dir
 from netwrap.sandbox.init import FORWARDED, exit_code, holder_main
 
 READY_TIMEOUT = 15.0
+
+M = TypeVar("M")
 
 
 @attrs.define(kw_only=True)
@@ -46,7 +50,7 @@ class Outcome:
     policy: object = None
 
 
-def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Outcome:
+def run(config: Config, backend: Backend, probe: Probe, *, nft: str | None = None) -> Outcome:
     outcome = Outcome(backend=backend.name, backend_version=probe.version)
     with contextlib.ExitStack() as stack:
         capture = None
@@ -82,12 +86,13 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
         theirs.close()
         stack.callback(_end_holder, holder)
 
-        msg = _expect(ours, "ns-ready")
-        init_pid = int(msg["init_pid"])
-        holder_pid = int(msg["holder_pid"])
+        ready = _expect(ours, NsReady)
+        init_pid = ready.init_pid
+        holder_pid = ready.holder_pid
         netns_fd = os.open(f"/proc/{holder_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         stack.callback(os.close, netns_fd)
-        target = Target(pid=holder_pid, rootful=config.rootful, netns_fd=netns_fd, calls=SandboxCalls(ours))
+        target = Target(pid=holder_pid, rootful=config.rootful, netns_fd=netns_fd, calls=SandboxCalls(ours),
+                        tools=config.tools, policy_decider=_policy_decider(config))
 
         handle = backend.start(target, config, probe)
         stack.callback(handle.stop)
@@ -96,7 +101,7 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
             capture.attach(target.calls, network, holder_pid)
             # Stopped before the backend is, so the last packets still arrive.
             stack.callback(_end_capture, capture, outcome)
-        if getattr(handle, "enforces_policy", False):
+        if handle.enforces_policy:
             # No nftables: the backend's own engine judges each new flow.
             outcome.notes.append(f"network policy enforced by {backend.name}'s engine (no nftables): "
                                  "--allow hostnames resolved at start only, no flow counts")
@@ -116,12 +121,25 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
             outcome.policy.start()  # the DNS proxy serves before the command's first query
         if capture is not None:
             capture.begin()
-        _send(ours, "backend-ready", plan=plan.to_message())
-        _expect(ours, "started")
+        _send(ours, BackendReady(plan=plan))
+        _expect(ours, Started)
         remove_private_dir(scratch)  # init's bind mounts keep what it needs
         outcome.started = True
         outcome.exit_status = _main_loop(ours, sigfd, init_pid, holder, handle, outcome)
     return outcome
+
+
+def _policy_decider(config: Config) -> Callable[[NetworkInfo], Decide] | None:
+    """The run's policy for a backend that judges flows in its own engine; None without one."""
+    if not setup.policy_flags(config):
+        return None
+
+    def decider(network: NetworkInfo) -> Decide:
+        from netwrap.policy.runtime import start_time_decide  # only a backend without nftables asks
+
+        return start_time_decide(config, network)
+
+    return decider
 
 
 def _end_capture(capture, outcome: Outcome) -> None:
@@ -134,17 +152,18 @@ def _end_capture(capture, outcome: Outcome) -> None:
     report_errors(outcome.captures, sys.stderr)
 
 
-def _send(chan: Channel, op: str, **fields) -> None:
+def _send(chan: Channel, msg: Message) -> None:
     try:
-        chan.send(op, **fields)
+        chan.send(msg)
     except OSError:
         # The sandbox is gone; the reason is usually queued on the channel.
-        _expect(chan, "never")
+        _expect(chan, Started)
+        raise NetwrapError("the sandbox ended during setup") from None
 
 
-def _expect(chan: Channel, op: str) -> dict:
+def _expect(chan: Channel, kind: type[M]) -> M:
     try:
-        msg, fds = chan.expect(op)
+        msg, fds = chan.expect(kind)
     except ChannelClosed:
         raise NetwrapError("the sandbox ended during setup") from None
     except SandboxError as exc:
@@ -171,13 +190,12 @@ def _main_loop(chan: Channel, sigfd: int, init_pid: int, holder: int, handle, ou
             handle.on_readable()
         if chan_open and chan.fileno() in readable:
             try:
-                msg, fds_in = chan.recv()
-                for fd in fds_in:
-                    os.close(fd)
-                if msg.get("op") == "exited":
-                    return exit_code(int(msg["status"]))
+                msg, _ = chan.expect(Exited)  # nothing else may come now (ProtocolError)
+                return exit_code(msg.status)
             except ChannelClosed:
                 chan_open = False
+            except SandboxError as exc:  # init itself failed while the command ran
+                raise NetwrapError(str(exc)) from None
         if sigfd in readable:
             signo, code, _sender = syscalls.read_signalfd(sigfd)
             if signo != signal.SIGCHLD:

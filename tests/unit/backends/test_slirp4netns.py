@@ -15,7 +15,7 @@ import pytest
 
 from netwrap.backends import Probe, Target, slirp4netns
 from netwrap.backends.slirp4netns import Slirp4netnsBackend, Slirp4netnsHandle
-from netwrap.config import Config
+from netwrap.config import Config, Tools
 from netwrap.errors import NetwrapError
 
 ALL_OPTIONS = frozenset({
@@ -89,14 +89,13 @@ def test_outbound_interface_or_address(outbound, expected):
     assert not [a for a in argv(cfg=WithOutbound(), pr=probe(OLD_OPTIONS)) if "outbound" in a]
 
 
-def test_ipv6_needs_the_option_and_a_sandbox_to_configure(monkeypatch):
-    with_calls = Target(pid=1, rootful=False, netns_fd=3, calls=object())
-    monkeypatch.setattr(slirp4netns, "which", lambda name: f"/usr/sbin/{name}")
+def test_ipv6_needs_the_option_and_a_sandbox_to_configure():
+    with_calls = Target(pid=1, rootful=False, netns_fd=3, calls=object(), tools=Tools(ip="/usr/sbin/ip"))
     assert slirp4netns.ipv6_possible(probe(), with_calls)
     assert not slirp4netns.ipv6_possible(probe(), ROOTLESS)  # no calls into the sandbox
     assert not slirp4netns.ipv6_possible(probe(OLD_OPTIONS), with_calls)
-    monkeypatch.setattr(slirp4netns, "which", lambda name: None)
-    assert not slirp4netns.ipv6_possible(probe(), with_calls)  # no `ip` to configure it
+    no_ip = Target(pid=1, rootful=False, netns_fd=3, calls=object(), tools=Tools(ip=None))
+    assert not slirp4netns.ipv6_possible(probe(), no_ip)  # no `ip` to configure it
 
 
 # -- probing ------------------------------------------------------------------------------------

@@ -5,17 +5,24 @@ from __future__ import annotations
 import ipaddress
 import socket
 
+import attrs
 import pytest
 
 from netwrap.cli import options as cli
 from netwrap.sandbox import setup
 from netwrap.policy import runtime as policy_io
 from netwrap.backends import NetworkInfo
+from netwrap.config import Tools
 from netwrap.errors import NetwrapError, UsageError
 
 
 def parse(*args):
     return cli.parse([*args, "--", "true"])
+
+
+def without_nft(*args):
+    """The Config of these flags on a machine without nftables (or ip)."""
+    return attrs.evolve(parse(*args), tools=Tools(nft=None, ip=None))
 
 
 def test_flags_reach_the_config():
@@ -47,20 +54,24 @@ def test_conflicts_are_usage_errors(args, message):
         parse(*args)
 
 
-def test_policy_without_nft_is_refused_naming_the_package(monkeypatch):
-    monkeypatch.setattr(setup, "which", lambda name: None)
+def test_policy_without_nft_is_refused_naming_the_package():
     with pytest.raises(NetwrapError, match="--offline needs nftables .*install the 'nftables' package"):
-        setup.check(parse("--offline"))
-    assert setup.check(parse()) is None  # nothing asked, nothing needed
+        setup.check(without_nft("--offline"))
+    assert setup.check(without_nft()) is None  # nothing asked, nothing needed
     with pytest.raises(NetwrapError, match="--offline needs nftables"):
-        setup.check(parse("--offline"), "pasta")
+        setup.check(without_nft("--offline"), "pasta")
 
 
-def test_tunrelay_without_nft_enforces_in_its_engine_but_refuses_the_flow_log(monkeypatch):
-    monkeypatch.setattr(setup, "which", lambda name: None)
-    assert setup.check(parse("--offline"), "tunrelay") is None
+def test_tunrelay_without_nft_enforces_in_its_engine_but_refuses_the_flow_log():
+    assert setup.check(without_nft("--offline"), "tunrelay") is None
     with pytest.raises(NetwrapError, match="--flow-log needs nftables .*'nftables' package"):
-        setup.check(parse("--allow", "1.2.3.4", "--flow-log", "/tmp/x"), "tunrelay")
+        setup.check(without_nft("--allow", "1.2.3.4", "--flow-log", "/tmp/x"), "tunrelay")
+
+
+def test_the_nft_the_config_names_is_the_one_used():
+    config = attrs.evolve(parse("--offline"), tools=Tools(nft="/opt/nft/sbin/nft"))
+    assert setup.check(config, "pasta") == "/opt/nft/sbin/nft"
+    assert setup.check(attrs.evolve(parse("--dns", "192.0.2.53"), tools=Tools(nft="/x/nft")), "pasta") == "/x/nft"
 
 
 def test_help_names_the_policy_flags(capsys):
@@ -121,3 +132,23 @@ def test_start_resolution_uses_resolvers_and_hosts_files(monkeypatch):
     ip = ipaddress.ip_address
     assert found == {"www.example.test": {ip("93.184.215.14"), ip("2606:4700::1111")},
                      "local.test": {ip("198.18.0.9")}}
+
+
+def test_the_policy_is_parsed_once_into_the_config():
+    config = parse("--allow", "93.184.215.14:80", "--deny", "icmp://*", "--block-private")
+    assert [r.spec for r in config.policy.allow_rules] == ["93.184.215.14:80"]
+    assert [r.spec for r in config.policy.deny_rules] == ["icmp://*"]
+    assert config.policy.block_private and config.policy.default == "deny"
+    assert parse("--summary").policy is not None  # counts flows: the (trivial) policy is needed
+    assert parse().policy is None  # nothing asked: nothing parsed
+
+
+def test_the_backend_network_joins_the_parsed_policy():
+    config = parse("--block-private")
+    policy = policy_io.build(config, host_addresses=["198.51.100.7", "::ffff:203.0.113.9"], dns_servers=["10.0.2.3"])
+    assert policy.dns_servers == (ipaddress.ip_address("10.0.2.3"),)
+    assert policy.decide("tcp", "198.51.100.7", 80).verdict == "deny"
+    assert policy.decide("tcp", "203.0.113.9", 80).verdict == "deny"
+    assert policy.decide("tcp", "198.51.100.8", 80).verdict == "allow"
+    assert policy.decide("tcp", "10.9.9.9", 80).verdict == "deny"  # the preset stays
+    assert config.policy.decide("tcp", "198.51.100.7", 80).verdict == "allow"  # the parsed one is unchanged

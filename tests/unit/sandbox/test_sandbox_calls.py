@@ -16,6 +16,7 @@ import pytest
 from netwrap.linux import syscalls
 from netwrap.sandbox import calls as sandbox_calls
 from netwrap.sandbox.channel import Channel
+from netwrap.sandbox.messages import BackendReady, NsReady
 from netwrap.errors import NetwrapError
 
 
@@ -30,13 +31,15 @@ def calls():
             if os.geteuid() == 0:
                 syscalls.unshare(syscalls.CLONE_NEWNET)
                 syscalls.set_link_up("lo")
-            sandbox_calls.serve_until(theirs, "backend-ready")
+            theirs.send(NsReady(holder_pid=os.getpid(), init_pid=os.getpid()))
+            sandbox_calls.serve_until_ready(theirs)
         except BaseException:
             status = 1
         os._exit(status)
     theirs.close()
+    ours.expect(NsReady)
     yield sandbox_calls.SandboxCalls(ours)
-    ours.send("backend-ready")
+    ours.send(BackendReady())
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     ours.close()
@@ -53,8 +56,8 @@ def test_socket_is_created_bound_and_listening_over_there(calls):
 
 
 def test_run_returns_output_and_failures_raise(calls):
-    assert calls.run(["sh", "-c", "echo hi; echo err >&2"])["stdout"] == "hi\n"
-    assert calls.run(["sh", "-c", "exit 3"], check=False)["status"] == 3
+    assert calls.run(["sh", "-c", "echo hi; echo err >&2"]).stdout == "hi\n"
+    assert calls.run(["sh", "-c", "exit 3"], check=False).status == 3
     with pytest.raises(NetwrapError, match="in the sandbox, run failed: .*exit status 3"):
         calls.run(["sh", "-c", "exit 3"])
 
@@ -73,7 +76,7 @@ def test_tun_device_is_opened_over_there(calls):
     fd, name = calls.tun("nwtest%d", sandbox_calls.IFF_TUN | sandbox_calls.IFF_NO_PI)
     try:
         assert name.startswith("nwtest")
-        listing = calls.run(["ip", "-o", "link", "show", name])["stdout"]
+        listing = calls.run(["ip", "-o", "link", "show", name]).stdout
         assert name in listing
         # Not in our own namespace: the device lives in the sandbox's.
         assert not os.path.exists(f"/sys/class/net/{name}")

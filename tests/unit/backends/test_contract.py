@@ -1,0 +1,159 @@
+"""The backend contract: what the Protocols declare, that the shipped backends
+conform, and that no backend imports the front-end."""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import threading
+from pathlib import Path
+
+import pytest
+
+from netwrap.backends import BUILTIN, Backend, Handle, NetworkInfo, _load
+from netwrap.backends.pasta import PastaBackend, PastaHandle
+from netwrap.backends.slirp4netns import Slirp4netnsBackend, Slirp4netnsHandle
+from netwrap.backends.tunrelay.backend import TunrelayBackend, TunrelayHandle
+
+BACKENDS_DIR = Path(__file__).resolve().parents[3] / "backends"
+
+# What the front-end uses of a backend and of a started one, written out.
+BACKEND_MEMBERS = {"name", "package", "capabilities", "probe", "start"}
+HANDLE_MEMBERS = {"pid", "enforces_policy", "wait_ready", "fileno", "on_readable", "poll", "diagnostics", "stop"}
+SHIPPED = {PastaBackend: PastaHandle, Slirp4netnsBackend: Slirp4netnsHandle, TunrelayBackend: TunrelayHandle}
+
+
+def _declared(protocol: type) -> set[str]:
+    own = set(protocol.__dict__.get("__annotations__", {}))
+    own |= {name for name, value in protocol.__dict__.items() if inspect.isfunction(value)}
+    return {name for name in own if not name.startswith("__")}
+
+
+def test_the_protocols_declare_what_the_front_end_uses():
+    assert _declared(Backend) == BACKEND_MEMBERS
+    assert _declared(Handle) == HANDLE_MEMBERS
+
+
+def test_the_builtin_table_names_the_shipped_classes():
+    assert {_load(spec) for spec in BUILTIN.values()} == set(SHIPPED)
+
+
+@pytest.mark.parametrize("backend", list(SHIPPED), ids=lambda c: c.__name__)
+def test_each_shipped_backend_has_every_member_and_the_start_signature(backend):
+    assert all(hasattr(backend, name) for name in BACKEND_MEMBERS), BACKEND_MEMBERS - set(dir(backend))
+    assert isinstance(backend.name, str) and isinstance(backend.package, str)
+    params = inspect.signature(backend.start).parameters
+    assert list(params) == ["self", "target", "config", "probe"]
+    assert params["probe"].default is None
+    # start() says which handle it returns: the one checked below.
+    assert inspect.signature(backend.start).return_annotation.strip("\"'") == SHIPPED[backend].__name__
+
+
+class _Process:
+    pid = 4242
+    argv = ["helper"]
+
+
+def _started_handles() -> list[object]:
+    """One instance of each handle class, built without starting anything."""
+    tunrelay = TunrelayHandle(stack=contextlib.ExitStack(), engine=None, thread=threading.Thread(target=len),
+                              path="nat", notify_r=-1, info=NetworkInfo(), verbosity=0)
+    pasta = PastaHandle(process=_Process(), fifo_fd=-1, workdir="/nonexistent")
+    slirp = Slirp4netnsHandle(process=_Process(), ready_fd=-1, exit_fd=-1, workdir="/nonexistent",
+                              api_socket="/x", target=None, ipv6=False)
+    return [tunrelay, pasta, slirp]
+
+
+@pytest.mark.parametrize("handle", _started_handles(), ids=lambda h: type(h).__name__)
+def test_each_handle_satisfies_the_handle_protocol(handle):
+    assert isinstance(handle, Handle)
+    assert handle.enforces_policy is False  # until a backend's engine takes the policy on
+    assert all(callable(getattr(handle, name)) for name in HANDLE_MEMBERS - {"pid", "enforces_policy"})
+
+
+def test_a_handle_without_enforces_policy_is_not_a_handle():
+    class Old:
+        pid = None
+
+        def wait_ready(self, timeout): ...
+        def fileno(self): ...
+        def on_readable(self): ...
+        def poll(self): ...
+        def diagnostics(self): ...
+        def stop(self, timeout=2.0): ...
+
+    assert not isinstance(Old(), Handle)
+    Old.enforces_policy = False
+    assert isinstance(Old(), Handle)
+
+
+# --- backends never import the front-end ------------------------------------------------------
+
+ALLOWED_MODULES = ("netwrap.errors", "netwrap.config", "netwrap.linux", "netwrap.backends")
+ALLOWED_FROM_NETWRAP = {"__version__", "errors", "config", "linux", "backends"}
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def front_end_imports(source: str) -> list[str]:
+    """netwrap modules a backend module imports at run time that it may not
+    (imports under `if TYPE_CHECKING:` are for type checkers only and never run)."""
+    found: list[str] = []
+
+    def allowed(module: str) -> bool:
+        return any(module == a or module.startswith(a + ".") for a in ALLOWED_MODULES)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.extend(a.name for a in node.names
+                         if (a.name == "netwrap" or a.name.startswith("netwrap.")) and not allowed(a.name))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "netwrap":
+                found.extend(f"netwrap.{a.name}" for a in node.names if a.name not in ALLOWED_FROM_NETWRAP)
+            elif node.module.startswith("netwrap.") and not allowed(node.module):
+                found.append(node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return found
+
+
+def test_the_checker_finds_front_end_imports_wherever_they_are():
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "import netwrap.sandbox.setup\n"
+        "from netwrap import policy, __version__\n"
+        "from netwrap.linux.commands import run\n"
+        "from . import nat\n"
+        "if TYPE_CHECKING:\n"
+        "    from netwrap.sandbox.calls import SandboxCalls\n"
+        "def start():\n"
+        "    from netwrap.policy.runtime import start_time_decide\n"
+        "    from netwrap.cli import options\n"
+        "    import netwrap.dns.files, netwrap.config\n"
+        "class H:\n"
+        "    def f(self):\n"
+        "        from netwrap.capture.session import CaptureSession\n"
+    )
+    assert front_end_imports(source) == [
+        "netwrap.sandbox.setup", "netwrap.policy", "netwrap.policy.runtime", "netwrap.cli", "netwrap.dns.files",
+        "netwrap.capture.session",
+    ]
+
+
+def test_no_backend_module_imports_the_front_end():
+    modules = sorted(BACKENDS_DIR.rglob("*.py"))
+    assert BACKENDS_DIR / "tunrelay" / "backend.py" in modules and len(modules) > 10
+    offenders = {str(p.relative_to(BACKENDS_DIR)): bad for p in modules
+                 if (bad := front_end_imports(p.read_text(encoding="utf-8")))}
+    assert offenders == {}
