@@ -51,3 +51,9 @@ if ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
     /usr/bin/python3 -m venv --clear "$VENV"
 fi
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[test,bench]' </dev/null
+# A third-party backend, found only through the netwrap.backends entry point
+# (tests/e2e/test_options.py). Installed as a package, not editable: the test
+# user must be able to read it, and a build dir in the tree is not wanted.
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+    ./tests/plugins/netwrap-loopback </dev/null
+rm -rf tests/plugins/netwrap-loopback/build tests/plugins/netwrap-loopback/*.egg-info

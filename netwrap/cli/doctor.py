@@ -63,7 +63,8 @@ def check_backend(name: str) -> Check:
     except Exception as exc:  # a third-party backend must not break the doctor
         return Check(name=f"backend {name}", ok=False, detail=f"cannot load: {exc}")
     if probe.available:
-        return Check(name=f"backend {name}", ok=True, detail=f"{probe.version or 'version unknown'} at {probe.path}")
+        where = f" at {probe.path}" if probe.path else ""
+        return Check(name=f"backend {name}", ok=True, detail=f"{probe.version or 'version unknown'}{where}")
     return Check(name=f"backend {name}", ok=False, detail=probe.reason or "unavailable", fix=probe.fix)
 
 
@@ -111,7 +112,8 @@ def list_backends(out: TextIO) -> int:
             out.write(f"{name}: unavailable: cannot load: {exc}\n")
             continue
         if probe.available:
-            out.write(f"{name}: available, version {probe.version or 'unknown'}, {probe.path}\n")
+            where = f", {probe.path}" if probe.path else ""
+            out.write(f"{name}: available, version {probe.version or 'unknown'}{where}\n")
         else:
             out.write(f"{name}: unavailable: {probe.reason}" + (f" ({probe.fix})" if probe.fix else "") + "\n")
         out.write(f"  capabilities: {caps}\n")

@@ -76,23 +76,37 @@ INVENTED = " || ".join(f"tcp.analysis.{flag}" for flag in (
     "lost_segment", "ack_lost_segment", "duplicate_ack"))
 
 
+# The sandbox kernel's count of TCP segments it retransmitted (RFC 4293's
+# tcpRetransSegs, /proc/net/snmp): the independent record of real loss.
+RETRANS_SEGS = ("awk '/^Tcp:/ {if (++n == 1) {for (i = 1; i <= NF; i++) if ($i == \"RetransSegs\") c = i} "
+                "else print \"retrans\", $c}' /proc/net/snmp")
+
+
 @pytest.mark.parametrize("server", [World.WORLD_V4, World.WORLD_V6], ids=["ipv4", "ipv6"])
-def test_clean_transfer_shows_each_packet_once(world: World, backend, as_user: bool, server: str):
-    # A transfer without loss must read as one: every SYN written once, and
-    # nothing that tshark's TCP analysis reads as loss or disorder, whichever path the backend's
-    # TCP takes (tunrelay's fast path holds each SYN on the TUN, then writes it
-    # back in; its packets then continue on the sandbox's lo).
+def test_transfer_shows_each_packet_once(world: World, backend, as_user: bool, server: str):
+    # Every SYN written once, and no loss or disorder that did not happen,
+    # whichever path the backend's TCP takes (tunrelay's fast path holds each
+    # SYN on the TUN, then writes it back in; its packets then continue on the
+    # sandbox's lo). Real loss is possible on a loaded machine: the sandbox's
+    # kernel, which ends the command's TCP on every path, counts what it
+    # retransmitted, and the capture may show no more than that.
     path = world.user_dir("cap") / "run.pcapng"
     host = f"[{server}]" if ":" in server else server
     script = "; ".join(f"{' '.join(CURL)} -o /dev/null http://{host}:{PORT}/bytes/{size}"
-                       for size in (1 << 20, 3 << 20))
+                       for size in (1 << 20, 3 << 20)) + f"; {RETRANS_SEGS}"
     done = netwrap_run(world, backend, "-c", str(path), "--", "sh", "-c", script, user=as_user)
     assert done.returncode == 0, done.stderr
+    [retransmitted] = [int(line.split()[1]) for line in done.stdout.splitlines() if line.startswith("retrans ")]
     ip = "ipv6" if ":" in server else "ip"
     syns = fields(world, path, f"tcp.flags.syn == 1 && tcp.flags.ack == 0 && {ip}.dst == {server}", "tcp.srcport")
     assert len(syns) == 2 and len({p for [p] in syns}) == 2, syns  # two connections, one SYN each
     flagged = fields(world, path, INVENTED, "frame.number", "frame.interface_name", "_ws.expert.message")
-    assert flagged == [], flagged
+    if retransmitted == 0:
+        assert flagged == [], flagged
+    else:
+        resent = fields(world, path, "tcp.analysis.retransmission || tcp.analysis.fast_retransmission",
+                        "frame.number")
+        assert len(resent) <= retransmitted, (retransmitted, flagged)
     sent = fields(world, path, f"tcp.srcport == {PORT} && {ip}.src == {server}", "tcp.len")
     assert sum(int(n) for [n] in sent) >= (1 << 20) + (3 << 20)
 

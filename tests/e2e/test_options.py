@@ -7,6 +7,8 @@ capture's packets), not only the exit status.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_capture import CURL, URL_V4, assert_full_http_conversation, tshark
 from test_policy import http, probe, refused
@@ -124,3 +126,38 @@ def test_auto_order_is_pasta_then_slirp4netns_then_tunrelay(world: World, as_use
     [line] = [l for l in done.stderr.splitlines() if l.startswith("netwrap: backend:")]
     assert line.split()[2] == chosen, done.stderr
     assert [r["path"] for r in world.http_log(since=mark)] == ["/auto"]
+
+
+# -- a third-party backend -------------------------------------------------------------------------
+
+# tests/plugins/netwrap-loopback: an outside distribution (installed by
+# tests/setup.sh) whose backend netwrap finds only through its entry point.
+LOOPBACK_ONLY = r"""
+import json, socket, threading
+srv = socket.create_server(("127.0.0.1", 0))
+threading.Thread(target=lambda: srv.accept()[0].sendall(b"local"), daemon=True).start()
+local = socket.create_connection(srv.getsockname(), timeout=5).recv(16).decode()
+try:
+    socket.create_connection(("%s", 80), timeout=5)
+    outside = "ok"
+except OSError as exc:
+    outside = type(exc).__name__
+print(json.dumps({"local": local, "outside": outside, "links": sorted(socket.if_nameindex())}))
+"""
+
+
+def test_third_party_backend_from_its_entry_point(world: World, as_user: bool) -> None:
+    listing = world.netwrap("backends", user=as_user)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    at = lines.index("loopback: available, version 1.0.3 (plugin)")
+    assert lines[at + 1] == "  capabilities: ipv4, ipv6, tcp, udp"
+    mark = world.mark()
+    done = world.netwrap("--backend", "loopback", "--summary", "--", world.python, "-c",
+                         LOOPBACK_ONLY % World.WORLD_V4, user=as_user)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert seen["local"] == "local" and seen["outside"] == "OSError", seen  # ENETUNREACH: no uplink
+    assert [name for _, name in seen["links"]] == ["lo"]
+    assert "netwrap: backend:  loopback 1.0.3 (plugin)" in done.stderr
+    assert world.http_log(since=mark) == []
