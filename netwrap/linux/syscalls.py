@@ -22,8 +22,6 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
 PR_SET_PDEATHSIG = 1
-PR_CAPBSET_READ = 23
-PR_CAPBSET_DROP = 24
 PR_GET_SECUREBITS = 27
 PR_SET_SECUREBITS = 28
 PR_SET_CHILD_SUBREAPER = 36
@@ -88,17 +86,6 @@ def prctl_get(option: int, arg: int = 0) -> int:
 def set_no_new_privs() -> None:
     """No exec from here on gains privilege: setuid/setgid bits and file capabilities are ignored."""
     prctl(PR_SET_NO_NEW_PRIVS, 1)
-
-
-def last_capability() -> int:
-    with open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as f:
-        return int(f.read())
-
-
-def drop_bounding_set() -> None:
-    """Empty the capability bounding set: no later exec can be granted a capability (needs CAP_SETPCAP)."""
-    for cap in range(last_capability() + 1):
-        prctl(PR_CAPBSET_DROP, cap)
 
 
 def clear_ambient_capabilities() -> None:
