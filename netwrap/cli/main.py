@@ -81,7 +81,7 @@ def _run(config) -> int:
         backend, probe = backends.select(config.backend)
         nft = setup.check(config, backend.name)
         backends.check_capabilities(backend, config)
-    except UsageError:
+    except (UsageError, NetwrapError):
         # Refused before anything started: the output files parse created go.
         from netwrap.linux import userfiles
 
