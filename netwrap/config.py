@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
+    from netwrap.linux.userfiles import Identity, OutputFile
     from netwrap.policy.model import Policy
 
 
@@ -81,6 +82,11 @@ class Config:
     tools: Tools = Tools()
     # -c/-C: netwrap.capture.spec.CaptureSpec, or None for no capture.
     capture: Any = None
+    # Output files (--flow-log, every file of -c), opened while the flags were
+    # checked (netwrap.linux.userfiles) and written through these fds.
+    outputs: tuple[OutputFile, ...] = ()
+    # Whom those outputs were opened for (None: netwrap's own user).
+    output_identity: Identity | None = None
     summary: bool = False
     # tunrelay's TCP path: "auto" (tproxy when nftables allows, else nat), "tproxy" or "nat".
     tunrelay_tcp: str = "auto"

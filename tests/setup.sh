@@ -12,7 +12,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 VENV=/opt/netwrap-venv
 PACKAGES=(
     passt slirp4netns nftables iproute2 uidmap tshark iperf3 dnsutils wrk sockperf
-    curl openssl python3-venv iputils-ping procps psmisc util-linux kmod ca-certificates
+    curl openssl python3-venv iputils-ping procps psmisc util-linux kmod ca-certificates libcap2-bin
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -27,7 +27,6 @@ import errno
 import fcntl
 import io
 import os
-import stat
 import struct
 import time
 from typing import Iterable, Mapping
@@ -136,37 +135,21 @@ class CaptureFile:
         self._append_block(scratch.getvalue())  # failure: see .error
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> CaptureFile:
-        """Create (or truncate) `path` and write the section header.
+    def open(cls, path: str | os.PathLike[str], *, fd: int | None = None) -> CaptureFile:
+        """Truncate the file and write the section header.
 
-        Raises UsageError with one line when the path cannot be a capture
-        file; called while validating flags, before anything starts.
+        `fd`: the file as netwrap.linux.userfiles opened it while the flags
+        were checked (it takes the fd over); without it, the path is opened
+        the same safe way now. Raises UsageError with one line when the path
+        cannot be a capture file; called before anything starts.
         """
         path = os.fspath(path)
-        if not path:
-            raise UsageError("capture file: empty path")
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UsageError(f"capture file {path}: directory {parent} does not exist")
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise UsageError(f"capture file {path}: {e.strerror}") from None
-        else:
-            # Truncation after an error needs a regular file; a FIFO would
-            # also block the open until a reader comes.
-            if stat.S_ISDIR(st.st_mode):
-                raise UsageError(f"capture file {path}: is a directory")
-            if not stat.S_ISREG(st.st_mode):
-                raise UsageError(f"capture file {path}: not a regular file")
-        try:
-            # Not O_TRUNC: the file may still be held by the guard of a run
-            # that just died; truncate once its lock is ours.
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as e:
-            raise UsageError(f"capture file {path}: {e.strerror}") from None
+        if fd is None:
+            from netwrap.linux import userfiles
+
+            # Refuses links, FIFOs, devices and files with other hard links:
+            # truncation after an error needs a regular file of our own.
+            fd = userfiles.open_output(path, flag="capture file", identity=None).fd
         guard = None
         try:
             _lock(fd, path)

@@ -34,7 +34,7 @@ import socket
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Mapping, TextIO
 
 import attrs
 
@@ -149,12 +149,15 @@ class CaptureSession:
     # -------------------------------------------------------------- set-up
 
     @classmethod
-    def open(cls, spec: CaptureSpec, *, backend: str) -> CaptureSession:
-        """Open every file of the capture point; UsageError (exit 2) if one cannot be."""
+    def open(cls, spec: CaptureSpec, *, backend: str, fds: Mapping[str, int] | None = None) -> CaptureSession:
+        """Open every file of the capture point; UsageError (exit 2) if one cannot be.
+
+        `fds`: path -> fd of files already opened (netwrap.linux.userfiles); taken over.
+        """
         views: dict[str, _View] = {}
         try:
             for view, path in spec.files().items():
-                views[view] = _View(view, CaptureWriter.open(path), backend)
+                views[view] = _View(view, CaptureWriter.open(path, fd=(fds or {}).get(path)), backend)
         except BaseException:
             for opened in views.values():
                 opened.writer.stop(time.monotonic())

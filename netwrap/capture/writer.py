@@ -121,9 +121,9 @@ class CaptureWriter:
         self._thread = threading.Thread(target=self._run, name="netwrap-capture", daemon=True)
 
     @classmethod
-    def open(cls, path: str, *, limits: QueueLimits = QueueLimits()) -> CaptureWriter:
-        """Open the file (UsageError on a bad path) and wrap it; not started."""
-        return cls(CaptureFile.open(path), limits=limits)
+    def open(cls, path: str, *, limits: QueueLimits = QueueLimits(), fd: int | None = None) -> CaptureWriter:
+        """Open the file (UsageError on a bad path; `fd`: already opened) and wrap it; not started."""
+        return cls(CaptureFile.open(path, fd=fd), limits=limits)
 
     @property
     def path(self) -> str:

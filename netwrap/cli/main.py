@@ -77,9 +77,16 @@ def _run(config) -> int:
     from netwrap.sandbox.supervisor import run
     from netwrap.cli.summary import report
 
-    backend, probe = backends.select(config.backend)
-    nft = setup.check(config, backend.name)
-    backends.check_capabilities(backend, config)
+    try:
+        backend, probe = backends.select(config.backend)
+        nft = setup.check(config, backend.name)
+        backends.check_capabilities(backend, config)
+    except (UsageError, NetwrapError):
+        # Refused before anything started: the output files parse created go.
+        from netwrap.linux import userfiles
+
+        userfiles.discard(config.outputs, identity=config.output_identity)
+        raise
     outcome = run(config, backend, probe, nft=nft)
     if config.summary:
         report(config, outcome, sys.stderr)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from netwrap import __version__
 from netwrap.errors import UsageError
+
+if TYPE_CHECKING:
+    from netwrap.capture.spec import CaptureSpec
+    from netwrap.linux.userfiles import Identity, OutputFile
 
 DESCRIPTION = """\
 Run COMMAND and everything it starts in a network namespace of its own,
@@ -134,14 +138,24 @@ def parse(argv: Sequence[str]):
         raise UsageError("--quiet and --verbose exclude each other")
     from netwrap.dns import files as dnsfiles
 
+    from netwrap.linux import userfiles
+
+    run_as = _run_as(args.user) if args.user is not None else None
+    user = userfiles.Identity(uid=run_as.uid, gid=run_as.gid, groups=run_as.groups) if run_as else None
     dns = tuple(dnsfiles.parse_dns(v) for v in args.dns)
     add_hosts = tuple(dnsfiles.parse_add_host(v) for v in args.add_host)
-    hosts_text = _read_hosts_file(args.hosts_file) if args.hosts_file is not None else None
+    hosts_text = (_read_hosts_file(args.hosts_file, userfiles.input_identity(user))
+                  if args.hosts_file is not None else None)
     capture = None
     if args.capture is not None or args.capture_point is not None:
         from netwrap.capture.spec import parse_capture
 
         capture = parse_capture(args.capture, args.capture_point)
+    policy = _policy(args)
+    # Opened last, once every other check passed, and kept open for the run:
+    # nothing can be swapped in between a check and the open.
+    writer = userfiles.output_identity(user)
+    outputs = _open_outputs(capture, args.flow_log, writer)
     return Config(
         command=tuple(command),
         dns=dns,
@@ -152,11 +166,13 @@ def parse(argv: Sequence[str]):
         backend=args.backend,
         allow_host_loopback=args.allow_host_loopback,
         as_root=args.as_root,
-        user=_run_as(args.user) if args.user is not None else None,
+        user=run_as,
         summary=args.summary,
         tunrelay_tcp=args.tunrelay_tcp,
-        **_policy(args),
+        **policy,
         tools=Tools.find(),
+        outputs=outputs,
+        output_identity=writer,
         verbosity=-1 if args.quiet else args.verbose,
         rootful=rootful,
         caller_uid=os.getuid(),
@@ -181,36 +197,34 @@ def _policy(args: argparse.Namespace) -> dict:
         fields["policy"] = build_policy(allow=args.allow, deny=args.deny, default_policy=args.default_policy,
                                         offline=args.offline, block_private=args.block_private,
                                         block_metadata=args.block_metadata)
-    if args.flow_log is not None:
-        _check_writable("--flow-log", args.flow_log)
     return fields
 
 
-def _check_writable(flag: str, path: str) -> None:
-    """Exit 2 now if `path` cannot be written; it is opened for real once the run starts.
+def _open_outputs(capture: CaptureSpec | None, flow_log: str | None,
+                  identity: Identity | None) -> tuple[OutputFile, ...]:
+    """Every output file of the run, opened safely for `identity`; none left behind if one is refused."""
+    from netwrap.linux import userfiles
 
-    Trying is the only exact test (permissions, read-only mounts, ACLs), but
-    a refused run must leave nothing behind, so a file made by the try goes.
-    """
-    existed = os.path.lexists(path)
+    wanted = [("--flow-log", flow_log)] if flow_log is not None else []
+    if capture is not None:
+        wanted += [("--capture", path) for path in capture.files().values()]
+    opened: list[OutputFile] = []
     try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{flag} {path!r}: {exc.strerror}") from None
-    if not existed:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        for flag, path in wanted:
+            opened.append(userfiles.open_output(path, flag=flag, identity=identity))
+    except BaseException:
+        userfiles.discard(opened, identity=identity)
+        raise
+    return tuple(opened)
 
 
-def _read_hosts_file(path: str) -> str:
+def _read_hosts_file(path: str, identity: Identity | None) -> str:
+    """The file's text, read with the command's rights (a user's link cannot show root's files)."""
+    from netwrap.linux import userfiles
+
+    data = userfiles.read_input(path, flag="--hosts-file", identity=identity)
     try:
-        with open(path, encoding="utf-8", errors="strict") as f:
-            return f.read()
-    except OSError as exc:
-        raise UsageError(f"--hosts-file {path!r}: {exc.strerror}") from None
+        return data.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise UsageError(f"--hosts-file {path!r}: not a text file") from None
 

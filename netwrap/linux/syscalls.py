@@ -22,7 +22,25 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 
 PR_SET_PDEATHSIG = 1
+PR_GET_SECUREBITS = 27
+PR_SET_SECUREBITS = 28
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# linux/securebits.h
+SECBIT_NOROOT = 1 << 0
+SECBIT_NOROOT_LOCKED = 1 << 1
+SECBIT_NO_SETUID_FIXUP = 1 << 2
+SECBIT_NO_SETUID_FIXUP_LOCKED = 1 << 3
+SECBIT_KEEP_CAPS = 1 << 4
+SECBIT_KEEP_CAPS_LOCKED = 1 << 5
+SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
+SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED = 1 << 7
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -58,6 +76,46 @@ def prctl(option: int, arg: int = 0) -> None:
 
 def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def prctl_get(option: int, arg: int = 0) -> int:
+    """A prctl that answers through its return value (PR_GET_*, PR_CAPBSET_READ)."""
+    return _check(_libc.prctl(option, arg, 0, 0, 0), "prctl")
+
+
+def set_no_new_privs() -> None:
+    """No exec from here on gains privilege: setuid/setgid bits and file capabilities are ignored."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def clear_ambient_capabilities() -> None:
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+def set_securebits(bits: int) -> None:
+    prctl(PR_SET_SECUREBITS, bits)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def clear_inheritable_capabilities() -> None:
+    """Empty the inheritable set, keeping effective and permitted.
+
+    The bounding set does not limit what inheritable capabilities pass to
+    a program whose file has inheritable capabilities; this does.
+    """
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    _check(_libc.capget(ctypes.byref(header), data), "capget")
+    for half in data:
+        half.inheritable = 0
+    _check(_libc.capset(ctypes.byref(header), data), "capset")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None) -> None:

@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Optional
+from typing import Any, Optional, TextIO
 
 from netwrap.dns import message as dnsmsg
 from netwrap.policy import flowlog
@@ -177,6 +177,21 @@ def resolve_at_start(names: Iterable[str], hosts_texts: Iterable[str] = ()) -> d
     return result
 
 
+def _open_flow_log(config: Any) -> TextIO:
+    """The --flow-log file, emptied: through the fd the flags' check opened, else opened safely now."""
+    fd = next((out.fd for out in getattr(config, "outputs", ()) if out.path == config.flow_log), None)
+    if fd is None:
+        from netwrap.errors import UsageError
+        from netwrap.linux import userfiles
+
+        try:
+            fd = userfiles.open_output(config.flow_log, flag="--flow-log", identity=None).fd
+        except UsageError as exc:  # the run has started: a failure now, not bad usage
+            raise NetwrapError(str(exc)) from None
+    os.ftruncate(fd, 0)
+    return os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+
+
 def _hosts_texts(config: Any) -> list[str]:
     texts = []
     if config.hosts_text is not None:
@@ -292,7 +307,7 @@ class PolicyEngine:
             flow_log_group=NFLOG_GROUP if self.tracking else None, dns_proxy=redirects)
         if self.config.flow_log is not None:
             try:
-                self._log = open(self.config.flow_log, "w", encoding="utf-8", buffering=1)
+                self._log = _open_flow_log(self.config)
             except OSError as exc:
                 raise NetwrapError(f"--flow-log {self.config.flow_log!r}: {exc.strerror}") from None
 

@@ -199,6 +199,33 @@ def _start_command(config: Config, chan: Channel) -> int:
     return pid
 
 
+# Securebits for a command that must hold no capability. NOROOT: exec by
+# uid 0 or of a setuid-root program grants nothing. NO_SETUID_FIXUP is left
+# off, so a uid change away from 0 still empties the capability sets;
+# NO_CAP_AMBIENT_RAISE: no ambient capability can be raised again. Each is
+# locked, for the whole tree: no process of it can change them back.
+# KEEP_CAPS is not locked: with no capability it keeps nothing, and ping
+# sets it (PR_SET_KEEPCAPS) and gives up when that fails.
+COMMAND_SECUREBITS = (
+    syscalls.SECBIT_NOROOT | syscalls.SECBIT_NOROOT_LOCKED
+    | syscalls.SECBIT_NO_SETUID_FIXUP_LOCKED
+    | syscalls.SECBIT_NO_CAP_AMBIENT_RAISE | syscalls.SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED
+)
+
+
+def _holds_nothing(config: Config) -> bool:
+    """Whether the command must start without any capability, and never regain one.
+
+    Rootless (nested under the caller's ids) and rootful --user: yes.
+    --as-root keeps what it documents (root of the sandbox, with its
+    capabilities); rootful without --user runs the command as root of a
+    nested user namespace, whose capabilities reach no network object.
+    """
+    if config.as_root:
+        return False
+    return not config.rootful or config.user is not None
+
+
 def _command_main(config: Config, chan: Channel, nest: bool, to_init_w: int, to_cmd_r: int) -> None:
     chan.close()
     try:
@@ -207,10 +234,22 @@ def _command_main(config: Config, chan: Channel, nest: bool, to_init_w: int, to_
             os.write(to_init_w, b"u")
         if os.read(to_cmd_r, 1) != b"g":
             os._exit(EXIT_SETUP_FAILED)
+        if _holds_nothing(config):
+            # While still privileged (CAP_SETPCAP): nothing exec'd later, setuid
+            # or file-capability programs included, can be given a capability.
+            # The bounding set stays: the kernel refuses to exec a program whose
+            # file capabilities (ping's cap_net_raw+ep on Debian) it cannot
+            # grant in full, so an empty one breaks such programs, while
+            # NO_NEW_PRIVS already lets them start with no capability at all.
+            syscalls.clear_inheritable_capabilities()
+            syscalls.set_securebits(COMMAND_SECUREBITS)
+        syscalls.clear_ambient_capabilities()
         if config.user is not None:
             os.setgroups(list(config.user.groups))
             os.setgid(config.user.gid)
             os.setuid(config.user.uid)
+        # In every mode: setuid bits and file capabilities are ignored by exec.
+        syscalls.set_no_new_privs()
         os.close(to_init_w)
         os.close(to_cmd_r)
     except OSError as exc:

@@ -58,7 +58,8 @@ def run(config: Config, backend: Backend, probe: Probe, *, nft: str | None = Non
             from netwrap.capture.session import CaptureSession
 
             # First: a path that cannot be written is exit 2 with nothing started.
-            capture = CaptureSession.open(config.capture, backend=backend.name)
+            capture = CaptureSession.open(config.capture, backend=backend.name,
+                                          fds={out.path: out.fd for out in config.outputs})
             stack.callback(_end_capture, capture, outcome)
         # Signals reach us through a signalfd so the loop sees who sent them:
         # a terminal's SIGINT (si_code SI_KERNEL) already went to the command.

@@ -64,10 +64,14 @@ def test_both_without_pcapng_suffix_appends():
 def test_cli_takes_capture_flags(tmp_path):
     config = cli.parse(["-c", str(tmp_path / "x.pcapng"), "true"])
     assert config.capture == CaptureSpec(path=str(tmp_path / "x.pcapng"), point="child")
+    # Opened (created, empty) while the flags are checked; the run writes through the fd.
+    assert [(o.path, o.created) for o in config.outputs] == [(str(tmp_path / "x.pcapng"), True)]
+    assert (tmp_path / "x.pcapng").stat().st_size == 0
     config = cli.parse(["--capture", str(tmp_path / "y.pcapng"), "-C", "both", "true"])
     assert config.capture.point == "both"
+    assert sorted(o.path for o in config.outputs) == [str(tmp_path / "y.child.pcapng"),
+                                                      str(tmp_path / "y.egress.pcapng")]
     assert cli.parse(["true"]).capture is None
-    assert not (tmp_path / "x.pcapng").exists()  # checked, not created
 
 
 @pytest.mark.parametrize("argv, message", [

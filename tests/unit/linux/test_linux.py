@@ -1,9 +1,11 @@
-"""The signalfd helpers the parent's main loop relies on."""
+"""The signalfd helpers the parent's main loop relies on, and the privilege drops before the command's exec."""
 
 from __future__ import annotations
 
 import os
 import signal
+
+import pytest
 
 from netwrap.linux import syscalls
 
@@ -34,3 +36,47 @@ def test_read_signalfd_reports_signal_code_and_sender():
     finally:
         os.close(fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _status_in_child(prepare) -> dict[str, str]:
+    """/proc/self/status of a forked child after `prepare()` ran in it (the kernel's own report)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            prepare()
+            with open("/proc/self/status", "rb") as f:
+                os.write(w, f.read())
+            os._exit(0)
+        except BaseException as exc:
+            os.write(w, f"error: {exc!r}".encode())
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        text = f.read().decode()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, text
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def test_no_new_privs_is_set_as_the_kernel_reports_it():
+    status = _status_in_child(syscalls.set_no_new_privs)
+    assert status["NoNewPrivs"].strip() == "1"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="securebits need CAP_SETPCAP")
+def test_capabilities_dropped_for_a_command_that_holds_nothing():
+    from netwrap.sandbox.init import COMMAND_SECUREBITS
+
+    def prepare():
+        syscalls.clear_inheritable_capabilities()
+        syscalls.clear_ambient_capabilities()
+        syscalls.set_securebits(COMMAND_SECUREBITS)
+        # linux/securebits.h: NOROOT 0x1, NOROOT_LOCKED 0x2, NO_SETUID_FIXUP_LOCKED 0x8,
+        # NO_CAP_AMBIENT_RAISE 0x40 and its lock 0x80.
+        assert syscalls.prctl_get(syscalls.PR_GET_SECUREBITS) == 0x1 | 0x2 | 0x8 | 0x40 | 0x80
+        os.setuid(65534)  # the setuid fixup still empties the sets (not locked off)
+
+    status = _status_in_child(prepare)
+    assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
+    assert int(status["CapPrm"], 16) == 0 and int(status["CapEff"], 16) == 0
