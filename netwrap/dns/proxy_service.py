@@ -53,6 +53,7 @@ class DnsProxyService:
         self._stack = contextlib.ExitStack()
         self._loop: LoopThread | None = None
         self._stopped = False
+        self._ended = True
 
     def add(self, resolver: IPAddress, port: int = 53) -> int:
         """Open a proxy for `resolver`; the loopback port it listens on."""
@@ -83,18 +84,22 @@ class DnsProxyService:
                                 tick=self._expire, on_error=self.errors.append)
         self._loop.start()
 
-    def stop(self, deadline: float) -> None:
-        """Stop serving by `deadline` (time.monotonic()) and close the sockets. Idempotent."""
+    def stop(self, deadline: float | None = None) -> bool:
+        """Stop serving by `deadline` (time.monotonic(); None: now) and close the
+        sockets. False if the thread had to be abandoned. Idempotent."""
         if self._stopped:
-            return
+            return self._ended
         self._stopped = True
-        if self._loop is not None and not self._loop.stop(deadline):
-            self.errors.append("the DNS proxy did not stop in time")
+        if self._loop is not None:
+            self._ended = self._loop.stop(time.monotonic() if deadline is None else deadline)
+            if not self._ended:
+                self.errors.append("the DNS proxy did not stop in time")
         self._stack.close()
         for e in self.endpoints:
             if e.core.dropped or e.core.unreadable:
                 debug(f"DNS proxy for {e.address[0]}: dropped {dict(e.core.dropped)}, "
                       f"{e.core.unreadable} answers passed on unread")
+        return self._ended
 
     def _timeout(self) -> float | None:
         deadlines = [d for d in (e.core.next_deadline() for e in self.endpoints) if d is not None]
