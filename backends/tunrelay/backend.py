@@ -194,7 +194,7 @@ class TunrelayHandle:
             # passes the core, so the core judges each new flow instead.
             enforces_policy = chosen == "nat" and which("nft") is None and bool(policy_flags(config))
             if enforces_policy:
-                from netwrap.policy.runtime import start_time_decide
+                from netwrap.policy.startup import start_time_decide
 
                 core_policy = _ruled(start_time_decide(config, info), destinations.policy)
             core = RelayCore(CoreConfig(nat=nat, udp_max_flows=udp_flows), policy=core_policy)

@@ -106,7 +106,7 @@ def run(config: Config, backend, probe: Probe, *, nft: str | None = None) -> Out
             outcome.policy = PolicyEngine.prepare(config, target.calls, network, nft=nft)
             if outcome.policy is not None:
                 # After the command, before the backend stops: the last flows are read in the sandbox.
-                stack.callback(outcome.policy.finish)
+                stack.callback(outcome.policy.stop)
         scratch = make_private_dir("setup")
         stack.callback(remove_private_dir, scratch)
         plan = setup.prepare(config, network, scratch, backend=backend.name, nft=nft)
