@@ -36,6 +36,8 @@ class Answer:
     # name -> addresses (A/AAAA records as given), and CNAME name -> target.
     addresses: dict[str, tuple[IPAddress, ...]]
     cnames: dict[str, str]
+    # owner name -> the smallest TTL (seconds) of its A, AAAA and CNAME records.
+    ttls: dict[str, int] = attrs.field(factory=dict)
 
     def chain(self) -> list[str]:
         """qname and the names its CNAMEs lead to, in order (loops cut)."""
@@ -57,6 +59,20 @@ class Answer:
                 break
             name = self.cnames[name]
         return tuple(dict.fromkeys(found))
+
+    def ttl_of(self, name: str) -> int | None:
+        """How long `name`'s addresses stay valid: the smallest TTL on the way
+        through its CNAMEs to the address records (None if nothing is known)."""
+        ttls: list[int] = []
+        seen: set[str] = set()
+        while name not in seen:
+            seen.add(name)
+            if name in self.ttls:
+                ttls.append(self.ttls[name])
+            if name not in self.cnames:
+                break
+            name = self.cnames[name]
+        return min(ttls) if ttls else None
 
 
 def message_id(message: bytes) -> int:
@@ -111,11 +127,12 @@ def parse_answer(message: bytes) -> Answer:
             qname = name
     addresses: dict[str, list[IPAddress]] = {}
     cnames: dict[str, str] = {}
+    ttls: dict[str, int] = {}
     for _ in range(ancount):
         name, pos = _name(message, pos)
         if pos + 10 > len(message):
             raise DNSFormatError("record header runs past the message")
-        rtype, rclass, _ttl, rdlength = struct.unpack_from("!HHIH", message, pos)
+        rtype, rclass, ttl, rdlength = struct.unpack_from("!HHIH", message, pos)
         pos += 10
         end = pos + rdlength
         if end > len(message):
@@ -128,9 +145,13 @@ def parse_answer(message: bytes) -> Answer:
             elif rtype == TYPE_CNAME:
                 target, _ = _name(message, pos)
                 cnames[name] = target
+            if rtype in (TYPE_A, TYPE_AAAA, TYPE_CNAME):
+                # RFC 2181 section 8: a TTL with the top bit set means zero.
+                ttl = 0 if ttl & 0x80000000 else ttl
+                ttls[name] = min(ttl, ttls.get(name, ttl))
         pos = end
     return Answer(id=ident, rcode=flags & 0xF, qname=qname,
-                  addresses={k: tuple(v) for k, v in addresses.items()}, cnames=cnames)
+                  addresses={k: tuple(v) for k, v in addresses.items()}, cnames=cnames, ttls=ttls)
 
 
 def _name(message: bytes, pos: int) -> tuple[str, int]:

@@ -7,6 +7,8 @@ falls back to its defaults, as a resolver library would.
 
 from __future__ import annotations
 
+import ipaddress
+
 
 def read_host_file(path: str) -> str:
     """The file's text, undecodable bytes replaced; "" if it cannot be read."""
@@ -40,6 +42,30 @@ def ipv6_by_interface(if_inet6: str) -> list[tuple[bytes, str]]:
         if len(fields) >= 6 and len(fields[0]) == 32:
             try:
                 out.append((bytes.fromhex(fields[0]), fields[-1]))
+            except ValueError:
+                continue
+    return out
+
+
+def default_gateways(route: str, ipv6_route: str) -> list[str]:
+    """The default routes' gateways in /proc/net/route's and /proc/net/ipv6_route's text.
+
+    /proc/net/route writes IPv4 addresses as hex of the bytes in host order
+    (little-endian here); ipv6_route writes them in network order.
+    """
+    out = []
+    for line in route.splitlines()[1:]:  # a header line first
+        fields = line.split()
+        if len(fields) > 2 and fields[1] == "00000000" and fields[2] != "00000000":
+            try:
+                out.append(str(ipaddress.IPv4Address(bytes.fromhex(fields[2])[::-1])))
+            except ValueError:
+                continue
+    for line in ipv6_route.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[0] == "0" * 32 and fields[1] == "00" and fields[4] != "0" * 32:
+            try:
+                out.append(str(ipaddress.IPv6Address(bytes.fromhex(fields[4]))))
             except ValueError:
                 continue
     return out

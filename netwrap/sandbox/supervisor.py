@@ -112,7 +112,7 @@ def run(config: Config, backend: Backend, probe: Probe, *, nft: str | None = Non
             outcome.policy = PolicyEngine.prepare(config, target.calls, network, nft=nft)
             if outcome.policy is not None:
                 # After the command, before the backend stops: the last flows are read in the sandbox.
-                stack.callback(outcome.policy.finish)
+                stack.callback(outcome.policy.stop)
         scratch = make_private_dir("setup")
         stack.callback(remove_private_dir, scratch)
         plan = setup.prepare(config, network, scratch, backend=backend.name, nft=nft)
@@ -136,7 +136,7 @@ def _policy_decider(config: Config) -> Callable[[NetworkInfo], Decide] | None:
         return None
 
     def decider(network: NetworkInfo) -> Decide:
-        from netwrap.policy.runtime import start_time_decide  # only a backend without nftables asks
+        from netwrap.policy.startup import start_time_decide  # only a backend without nftables asks
 
         return start_time_decide(config, network)
 

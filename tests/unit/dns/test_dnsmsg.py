@@ -105,3 +105,18 @@ def test_any_bytes_parse_or_raise_format_error(data):
         found = answer.addresses_of(answer.qname)
         assert len(found) == len(set(found))
         assert set(found) <= {a for name in chain for a in answer.addresses.get(name, ())}
+
+
+def test_ttls_along_a_cname_chain():
+    # www.example.test CNAME edge.cdn.test (TTL 300); edge.cdn.test A 203.0.113.5 (TTL 60)
+    # and A 203.0.113.6 (TTL 0x80000001: top bit set, read as 0 per RFC 2181 section 8).
+    target = name("edge.cdn.test")
+    msg = (b"\x00\x01\x81\x80\x00\x01\x00\x02\x00\x00\x00\x00" + name("www.example.test") + b"\x00\x01\x00\x01"
+           + QNAME_PTR + b"\x00\x05\x00\x01\x00\x00\x01\x2c" + len(target).to_bytes(2, "big") + target
+           + target + b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + bytes([203, 0, 113, 5]))
+    answer = dnsmsg.parse_answer(msg)
+    assert answer.ttl_of("www.example.test") == 60 and answer.ttl_of("edge.cdn.test") == 60
+    assert answer.ttl_of("other.test") is None
+    late = dnsmsg.parse_answer(msg[:7] + b"\x03" + msg[8:]
+                               + target + b"\x00\x01\x00\x01\x80\x00\x00\x01\x00\x04" + bytes([203, 0, 113, 6]))
+    assert late.ttl_of("edge.cdn.test") == 0 and late.ttl_of("www.example.test") == 0

@@ -1,0 +1,60 @@
+"""netwrap.policy.startup: where the host is, and the --allow hostnames' addresses at start."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+from netwrap.backends import NetworkInfo
+from netwrap.policy import startup
+
+
+FIB_TRIE = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        |-- 127.0.0.1
+           /32 host LOCAL
+     +-- 192.0.2.0/24 2 0 2
+        |-- 192.0.2.0
+           /24 link UNICAST
+        |-- 192.0.2.2
+           /32 host LOCAL
+Local:
+  +-- 0.0.0.0/0 3 0 5
+"""
+IF_INET6 = """00000000000000000000000000000001 01 80 10 80       lo
+20010db800ff00000000000000000002 02 40 00 80  nwveth0
+"""
+ROUTE = """Iface\tDestination\tGateway \tFlags
+nwveth0\t00000000\t010200C0\t0003
+nwveth0\t000200C0\t00000000\t0001
+"""
+IPV6_ROUTE = ("00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+              "20010db800ff00000000000000000001 00000400 00000001 00000000 00000003  nwveth0\n")
+
+
+def test_host_addresses_from_proc(monkeypatch):
+    files = {"/proc/net/fib_trie": FIB_TRIE, "/proc/net/if_inet6": IF_INET6, "/proc/net/route": ROUTE,
+             "/proc/net/ipv6_route": IPV6_ROUTE}
+    monkeypatch.setattr(startup, "read_host_file", lambda path: files.get(path, ""))
+    network = NetworkInfo(gateways=("10.0.2.2", "fd00::2"))
+    assert startup.host_addresses(network) == ["192.0.2.2", "2001:db8:ff::2", "10.0.2.2", "fd00::2",
+                                                 "192.0.2.1", "2001:db8:ff::1"]
+
+
+def test_start_resolution_uses_resolvers_and_hosts_files(monkeypatch):
+    answers = {"www.example.test": ["93.184.215.14", "2606:4700::1111"]}
+
+    def fake_getaddrinfo(name, port, type=0):  # never the machine's resolver
+        if name not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, type, 6, "", (a, 0)) for a in answers[name]]
+
+    monkeypatch.setattr(startup.socket, "getaddrinfo", fake_getaddrinfo)
+    found = startup.resolve_at_start(["www.example.test", "local.test"],
+                                       ["127.0.0.1 localhost\n# x\n198.18.0.9 Local.Test. other\nbad line\n"])
+    ip = ipaddress.ip_address
+    assert found == {"www.example.test": {ip("93.184.215.14"), ip("2606:4700::1111")},
+                     "local.test": {ip("198.18.0.9")}}
