@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from netwrap.dns.proxy_service import DnsProxyService
 from netwrap.errors import NetwrapError
-from netwrap.linux import nfnetlink
+from netwrap.linux import netlink, nfnetlink
 from netwrap.linux.commands import debug
 from netwrap.loopthread import LoopThread
 from netwrap.policy import flowlog
@@ -212,26 +212,16 @@ class PolicyEngine:
 
     def _request(self, sock: socket.socket, data: bytes, what: str, timeout: float = ACK_TIMEOUT) -> None:
         """Send a request and wait for every ack it asked for; NetwrapError on refusal."""
-        expected = 0
-        for msg in nfnetlink.iter_messages(data):
-            if msg.flags & nfnetlink.NLM_F_ACK:
-                expected += 1
-        sock.send(data)
-        deadline = time.monotonic() + timeout
-        while expected:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                reply = sock.recv(65536)
-            except socket.timeout:
-                raise NetwrapError(f"{what}: no answer from the kernel") from None
-            finally:
-                sock.settimeout(None if sock is not self.control else ACK_TIMEOUT)
-            for msg in nfnetlink.iter_messages(reply):
-                if msg.type == nfnetlink.NLMSG_ERROR:
-                    expected -= 1
-                    code = nfnetlink.error_code(msg)
-                    if code:
-                        raise NetwrapError(f"{what}: {os.strerror(code)}")
+        previous = sock.gettimeout()
+        sock.settimeout(max(0.01, timeout))
+        try:
+            netlink.request(sock, data, what)
+        except socket.timeout:
+            raise NetwrapError(f"{what}: no answer from the kernel") from None
+        except OSError as exc:
+            raise NetwrapError(exc.strerror or f"{what}: {exc}") from None
+        finally:
+            sock.settimeout(previous)
 
     def merge(self, plan: SetupPlan) -> SetupPlan:
         """The front-end's SetupPlan with this ruleset added (one `nft -f` for both)."""
