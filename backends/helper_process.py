@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import CommandError, spawn_helper, wait_pid
+from netwrap.linux.syscalls import signal_if_alive
 
 
 def describe(status: int | None) -> str:
@@ -99,18 +100,12 @@ class HelperProcess:
             if graceful is not None:
                 graceful()
             else:
-                try:
-                    os.kill(self.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                signal_if_alive(self.pid, signal.SIGTERM)
             status = wait_pid(self.pid, timeout)
             if status is not None:
                 self._status = status
             else:
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                signal_if_alive(self.pid, signal.SIGKILL)
                 self._reap(block=True)
         self.on_readable()
         if self._output_fd is not None:

@@ -34,3 +34,15 @@ def test_read_signalfd_reports_signal_code_and_sender():
     finally:
         os.close(fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def test_signal_if_alive_signals_a_live_process_and_ignores_a_gone_one():
+    child = os.fork()
+    if child == 0:
+        signal.pause()
+        os._exit(0)
+    # SIGKILL: SIGTERM may be ignored or blocked in what this test inherited.
+    syscalls.signal_if_alive(child, signal.SIGKILL)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    syscalls.signal_if_alive(child, signal.SIGKILL)  # reaped: ESRCH is not an error
