@@ -27,13 +27,13 @@ import errno
 import fcntl
 import io
 import os
-import stat
 import struct
 import time
 from typing import Iterable, Mapping
 
 from netwrap import __version__
 from netwrap.errors import UsageError
+from netwrap.linux.outputs import check_output_path
 from netwrap.capture.tail_guard import TailGuard
 
 # Link types (https://www.tcpdump.org/linktypes.html) the capture views use.
@@ -143,24 +143,9 @@ class CaptureFile:
         file; called while validating flags, before anything starts.
         """
         path = os.fspath(path)
-        if not path:
-            raise UsageError("capture file: empty path")
-        parent = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(parent):
-            raise UsageError(f"capture file {path}: directory {parent} does not exist")
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise UsageError(f"capture file {path}: {e.strerror}") from None
-        else:
-            # Truncation after an error needs a regular file; a FIFO would
-            # also block the open until a reader comes.
-            if stat.S_ISDIR(st.st_mode):
-                raise UsageError(f"capture file {path}: is a directory")
-            if not stat.S_ISREG(st.st_mode):
-                raise UsageError(f"capture file {path}: not a regular file")
+        # Truncation after an error needs a regular file; a FIFO would
+        # also block the open until a reader comes.
+        check_output_path(path, label="capture file")
         try:
             # Not O_TRUNC: the file may still be held by the guard of a run
             # that just died; truncate once its lock is ours.

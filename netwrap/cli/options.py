@@ -12,6 +12,7 @@ from typing import NoReturn, Sequence
 
 from netwrap import __version__
 from netwrap.errors import UsageError
+from netwrap.linux.outputs import check_output_path
 
 DESCRIPTION = """\
 Run COMMAND and everything it starts in a network namespace of its own,
@@ -177,27 +178,8 @@ def _policy(args: argparse.Namespace) -> dict:
 
         build_policy(allow=args.allow, deny=args.deny, default_policy=args.default_policy, offline=args.offline)
     if args.flow_log is not None:
-        _check_writable("--flow-log", args.flow_log)
+        check_output_path(args.flow_log, label="--flow-log", regular_file=False)
     return fields
-
-
-def _check_writable(flag: str, path: str) -> None:
-    """Exit 2 now if `path` cannot be written; it is opened for real once the run starts.
-
-    Trying is the only exact test (permissions, read-only mounts, ACLs), but
-    a refused run must leave nothing behind, so a file made by the try goes.
-    """
-    existed = os.path.lexists(path)
-    try:
-        with open(path, "a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise UsageError(f"{flag} {path!r}: {exc.strerror}") from None
-    if not existed:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 def _read_hosts_file(path: str) -> str:

@@ -32,7 +32,7 @@ def test_flags_reach_the_config():
 def test_flow_log_path_is_checked_first(tmp_path):
     config = parse("--flow-log", str(tmp_path / "flows.jsonl"))
     assert config.flow_log == str(tmp_path / "flows.jsonl") and setup.policy_flags(config) == ["--flow-log"]
-    with pytest.raises(UsageError, match=r"--flow-log '/nonexistent/x': No such file or directory"):
+    with pytest.raises(UsageError, match=r"--flow-log /nonexistent/x: directory /nonexistent does not exist"):
         parse("--flow-log", "/nonexistent/x")
 
 
