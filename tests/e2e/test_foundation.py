@@ -317,6 +317,9 @@ def test_doctor_passes_here_and_explains_failures(world: World) -> None:
     assert done.returncode == 0, done.stdout
     assert "ok    user namespaces" in done.stdout and "ok    /dev/net/tun" in done.stdout
     assert "ok    nftables" in done.stdout and "all checks passed" in done.stdout
+    # The world's host namespace (tests/world/netns.py): default routes via the veth to the internet.
+    assert ("ok    host uplink: IPv4 default via 192.0.2.1 dev nwveth0 (192.0.2.2/24); "
+            "IPv6 default via 2001:db8:ff::1 dev nwveth0 (2001:db8:ff::2/64)\n") in done.stdout
     broken = world.netwrap("--doctor", env={"PATH": _path_without(world, "pasta", "nft")})
     assert broken.returncode == 1
     assert "FAIL  backend pasta: pasta not found in PATH" in broken.stdout
