@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -106,19 +105,29 @@ RAW_PACKETS = [
 # ------------------------------------------------------------------ helpers
 
 
-def tshark(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run tshark; it must exit 0 and say nothing on stderr but the root note."""
-    r = subprocess.run(["tshark", *args], capture_output=True, text=True, timeout=60)
-    noise = [line for line in r.stderr.splitlines() if line.strip() and line != ROOT_NOTE]
-    assert r.returncode == 0 and not noise, (r.returncode, r.stderr)
-    return r
+def run_tool(program: str, *args: str) -> str:
+    """Its stdout; a non-zero exit raises sh.ErrorReturnCode (argv, status, stderr)."""
+    import sh
+
+    # _tty_out=False: sh would give it a terminal; tools print for a pipe otherwise.
+    return sh.Command(program)(*args, _tty_out=False, _timeout=60)
+
+
+def tshark(*args: str) -> str:
+    """tshark's stdout; it must exit 0 and say nothing on stderr but the root note."""
+    import sh
+
+    done = sh.Command("tshark")(*args, _tty_out=False, _timeout=60, _return_cmd=True)
+    noise = [line for line in done.stderr.decode().splitlines() if line.strip() and line != ROOT_NOTE]
+    assert not noise, done.stderr
+    return done.stdout.decode()
 
 
 def fields(path: Path, *names: str) -> list[list[str]]:
     args = ["-r", str(path), "-T", "fields", "-E", "separator=|"]
     for name in names:
         args += ["-e", name]
-    return [line.split("|") for line in tshark(*args).stdout.splitlines()]
+    return [line.split("|") for line in tshark(*args).splitlines()]
 
 
 def statistics(path: Path) -> dict[int, dict[str, int]]:
@@ -238,12 +247,12 @@ def test_section_and_interface_metadata(tmp_path):
     with CaptureFile.open(path) as f:
         f.add_interface("nwtap0", LINKTYPE_ETHERNET, desc)
         f.add_interface("egress", LINKTYPE_RAW, describe_interface(view="egress", backend="pasta"))
-    r = subprocess.run(["capinfos", "-F", "-I", str(path)], capture_output=True, text=True, check=True)
-    assert f"Capture application: netwrap {netwrap.__version__}" in r.stdout
-    assert "Name = nwtap0" in r.stdout
-    assert f"Description = {desc}" in r.stdout
-    assert "Description = netwrap view=egress backend=pasta" in r.stdout
-    assert "Time precision = nanoseconds (9)" in r.stdout
+    info = run_tool("capinfos", "-F", "-I", str(path))
+    assert f"Capture application: netwrap {netwrap.__version__}" in info
+    assert "Name = nwtap0" in info
+    assert f"Description = {desc}" in info
+    assert "Description = netwrap view=egress backend=pasta" in info
+    assert "Time precision = nanoseconds (9)" in info
     # And per packet, through tshark's frame fields.
     with CaptureFile.open(path) as f:
         f.add_interface("nwtap0", LINKTYPE_ETHERNET, desc)
