@@ -35,6 +35,8 @@ from netwrap.capture.pcapng_file import (
 )
 from netwrap.capture.tail_guard import TailGuard
 
+from inet_checksum import ref_csum
+
 REPO = Path(__file__).resolve().parents[3]
 ROOT_NOTE = 'Running as user "root" and group "root". This could be dangerous.'
 BASE_NS = 1_700_000_000_123_456_789  # a timestamp whose nanoseconds show
@@ -45,15 +47,6 @@ pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark n
 # ------------------------------------------------------------ packet makers
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
     import socket
 
@@ -61,7 +54,7 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0x4000, 64, proto, 0,
         socket.inet_aton(src), socket.inet_aton(dst),
     )  # fmt: skip
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
+    return hdr[:10] + struct.pack("!H", ref_csum(hdr)) + hdr[12:] + payload
 
 
 def ipv6(src: str, dst: str, nxt: int, payload: bytes) -> bytes:
@@ -85,7 +78,7 @@ def udp(sport: int, dport: int, data: bytes = b"") -> bytes:
 
 def icmp_echo(kind: int = 8) -> bytes:
     body = struct.pack("!BBHHH", kind, 0, 0, 0x1234, 1) + b"ping"
-    return body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+    return body[:2] + struct.pack("!H", ref_csum(body)) + body[4:]
 
 
 def ethernet(ethertype: int, payload: bytes) -> bytes:
