@@ -17,6 +17,7 @@ import time
 import pytest
 
 from processes import tagged_processes
+from tool_path import path_without
 from world.harness import World
 
 GET = ("import sys, urllib.request\n"
@@ -141,18 +142,8 @@ def test_exit_status_is_the_commands(world: World, backend: str, as_user: bool, 
     assert done.stderr == message
 
 
-def _path_without(world: World, *missing: str) -> str:
-    """A PATH dir holding the usual tools, less `missing` (/bin is /usr/bin here)."""
-    bindir = world.user_dir("bin")
-    for name in ("sh", "true", "id", "ip", "nft", "pasta", "passt", "slirp4netns", "dpkg-query"):
-        for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
-            if name not in missing and os.path.exists(f"{d}/{name}") and not (bindir / name).exists():
-                (bindir / name).symlink_to(f"{d}/{name}")
-    return str(bindir)
-
-
 def test_missing_backend_binary_is_125_naming_the_package(world: World, as_user: bool) -> None:
-    path = _path_without(world, "pasta")
+    path = path_without(world, "pasta")
     done = world.netwrap("--backend", "pasta", "--", "true", user=as_user, env={"PATH": path})
     assert done.returncode == 125
     assert len(done.stderr.splitlines()) == 1, done.stderr
@@ -320,7 +311,7 @@ def test_doctor_passes_here_and_explains_failures(world: World) -> None:
     # The world's host namespace (tests/world/netns.py): default routes via the veth to the internet.
     assert ("ok    host uplink: IPv4 default via 192.0.2.1 dev nwveth0 (192.0.2.2/24); "
             "IPv6 default via 2001:db8:ff::1 dev nwveth0 (2001:db8:ff::2/64)\n") in done.stdout
-    broken = world.netwrap("--doctor", env={"PATH": _path_without(world, "pasta", "nft")})
+    broken = world.netwrap("--doctor", env={"PATH": path_without(world, "pasta", "nft")})
     assert broken.returncode == 1
     assert "FAIL  backend pasta: pasta not found in PATH" in broken.stdout
     assert "fix: install the 'passt' package" in broken.stdout
