@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import CommandError, spawn_helper, wait_pid
+from netwrap.linux.syscalls import signal_if_alive
 
 
 def describe(status: int | None) -> str:
@@ -79,6 +80,31 @@ class HelperProcess:
                 self._status = status
         return self._status
 
+    def wait_ready(self, ready_fd: int, timeout: float, *, tail_lines: int = 1) -> bytes:
+        """Wait until the helper writes to `ready_fd`; the bytes it wrote.
+
+        Readiness comes through fds, never by sleeping: select() on `ready_fd`
+        and the helper's output, which is drained meanwhile. EOF on either
+        before anything arrives means the helper is gone. Raises NetwrapError
+        when it ends first or `timeout` passes; the caller stops it.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NetwrapError(f"{self.name} did not become ready within {timeout:g} s{self.tail(tail_lines)}")
+            fds = [fd for fd in (ready_fd, self._output_fd) if fd is not None]
+            readable, _, _ = select.select(fds, [], [], remaining)
+            if self._output_fd in readable:
+                self.on_readable()
+            if ready_fd in readable:
+                data = os.read(ready_fd, 64)
+                if data.strip():
+                    return data
+                raise self.failed_before_ready()  # EOF: its end of ready_fd closed unwritten
+            if self._output_fd is None:  # EOF on its output: it is gone
+                raise self.failed_before_ready()
+
     def diagnostics(self) -> str:
         text = b"".join(self._output).decode(errors="replace")
         return "\n".join(line.strip() for line in text.splitlines() if self._is_diagnostic(line))
@@ -99,18 +125,12 @@ class HelperProcess:
             if graceful is not None:
                 graceful()
             else:
-                try:
-                    os.kill(self.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                signal_if_alive(self.pid, signal.SIGTERM)
             status = wait_pid(self.pid, timeout)
             if status is not None:
                 self._status = status
             else:
-                try:
-                    os.kill(self.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                signal_if_alive(self.pid, signal.SIGKILL)
                 self._reap(block=True)
         self.on_readable()
         if self._output_fd is not None:

@@ -19,8 +19,6 @@ unless the user asks for --allow-host-loopback.
 from __future__ import annotations
 
 import os
-import select
-import time
 
 from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
@@ -126,26 +124,16 @@ class PastaHandle(DelegatesToProcess):
         return cls(process=process, fifo_fd=fifo_fd, workdir=workdir)
 
     def wait_ready(self, timeout: float) -> NetworkInfo:
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.stop()
-                raise NetwrapError(f"pasta did not become ready within {timeout:g} s{self.process.tail()}")
-            fds = [fd for fd in (self._fifo_fd, self.process.fileno()) if fd is not None]
-            readable, _, _ = select.select(fds, [], [], remaining)
-            if self.process.fileno() in readable:
-                self.process.on_readable()
-            if self._fifo_fd in readable and os.read(self._fifo_fd, 64).strip():
-                self._close_fifo()
-                # The pid FIFO has done its job: nothing of ours is left on
-                # disk for the rest of the run, even if netwrap is SIGKILLed.
-                remove_private_dir(self._workdir)
-                return NetworkInfo(dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
-            if self.process.fileno() is None:  # EOF: pasta is gone
-                error = self.process.failed_before_ready()
-                self.stop()
-                raise error
+        try:
+            self.process.wait_ready(self._fifo_fd, timeout)
+        except NetwrapError:
+            self.stop()
+            raise
+        self._close_fifo()
+        # The pid FIFO has done its job: nothing of ours is left on
+        # disk for the rest of the run, even if netwrap is SIGKILLed.
+        remove_private_dir(self._workdir)
+        return NetworkInfo(dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
 
     def stop(self, timeout: float = 2.0) -> None:
         self.process.stop(timeout)

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import socket
-import time
 
 from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
@@ -269,22 +267,16 @@ class Slirp4netnsHandle(DelegatesToProcess):
                    api_socket=api_socket, target=target, ipv6=ipv6)
 
     def wait_ready(self, timeout: float) -> NetworkInfo:
-        deadline = time.monotonic() + timeout
-        while self._ready_fd is not None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        if self._ready_fd is not None:
+            try:
+                ready = self.process.wait_ready(self._ready_fd, timeout, tail_lines=3)
+                if ready != b"1":
+                    raise NetwrapError(f"slirp4netns wrote {ready[:16]!r} to its ready fd, not b'1'")
+            except NetwrapError:
                 self.stop()
-                raise NetwrapError(f"slirp4netns did not become ready within {timeout:g} s{self.process.tail(3)}")
-            fds = [fd for fd in (self._ready_fd, self.process.fileno()) if fd is not None]
-            readable, _, _ = select.select(fds, [], [], remaining)
-            if self.process.fileno() in readable:
-                self.process.on_readable()
-            if self._ready_fd in readable:
-                ready = os.read(self._ready_fd, 16)
-                os.close(self._ready_fd)
-                self._ready_fd = None
-                if ready != b"1":  # EOF: it died before it was ready
-                    self._fail_before_ready()
+                raise
+            os.close(self._ready_fd)
+            self._ready_fd = None
         self._configure_inside()
         return self.network()
 
@@ -307,11 +299,6 @@ class Slirp4netnsHandle(DelegatesToProcess):
         except NetwrapError:
             self.stop()
             raise
-
-    def _fail_before_ready(self) -> None:
-        error = self.process.failed_before_ready()
-        self.stop()
-        raise error
 
     def publish(self, proto: str, host_port: int, guest_port: int, host_addr: str = "0.0.0.0") -> int:
         """Forward host_addr:host_port on the host to the sandbox's guest_port; the rule's id."""

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from typing import Callable
 
 from .nat import ALLOW, REJECT, Verdict
-from .packets import ICMP, ICMPV6, TCP, UDP
+from .packets import ICMP, ICMPV6, TCP, UDP, address_family
 
 TUN_NAME = "tun0"
 MTU = 65520
@@ -96,7 +96,7 @@ class LocalAddressCache:
 
 
 def _is_local(addr: bytes) -> bool:
-    family = socket.AF_INET if len(addr) == 4 else socket.AF_INET6
+    family = address_family(addr)
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as s:
             s.connect((socket.inet_ntop(family, addr), 9))

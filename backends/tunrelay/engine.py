@@ -40,7 +40,7 @@ from typing import Callable
 from .core import EchoSend, RelayCore, TcpConnect, UdpSend, WriteTun
 from .counters import Drop
 from .nat import TcpFlow
-from .packets import TCP, UDP, Packet, parse_frame
+from .packets import TCP, UDP, Packet, address_family, parse_frame
 from .pump import PUMP_EVENTS_HINT as PUMP_EVENTS, PipePool, Pump
 from .syngate import Connect, GateFlow, SynGate
 
@@ -76,12 +76,8 @@ _ECHO = struct.Struct("!BBHHH")
 _TUN, _WAKE, _LISTEN, _CONNECT, _UDP, _ECHO_SOCK, _PUMP = range(7)
 
 
-def _family(addr: bytes) -> int:
-    return socket.AF_INET if len(addr) == 4 else socket.AF_INET6
-
-
 def _sockaddr(addr: bytes, port: int) -> tuple:
-    return (socket.inet_ntop(_family(addr), addr), port)
+    return (socket.inet_ntop(address_family(addr), addr), port)
 
 
 class EchoSocket:
@@ -357,7 +353,7 @@ class Engine:
     # -- TCP: connecting out ------------------------------------------------------------------
     def _start_connect(self, target: bytes, port: int, flow, now: float) -> None:
         try:
-            s = socket.socket(_family(target), socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            s = socket.socket(address_family(target), socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         except OSError as exc:  # out of fds or memory: tell the child now
             self._connect_result(None, flow, CONNECT_ERRORS.get(exc.errno, "host"), now)
             return
@@ -500,7 +496,7 @@ class Engine:
         s = self._udp.get(flow.id)
         if s is None:
             try:
-                s = socket.socket(_family(flow.target), socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+                s = socket.socket(address_family(flow.target), socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
             except OSError:
                 self.core.forget(flow)
                 self.counters.add("udp_socket_error")
@@ -560,7 +556,7 @@ class Engine:
         flow = ev.flow
         e = self._echo.get(flow.id)
         if e is None:
-            family = _family(flow.target)
+            family = address_family(flow.target)
             try:
                 opened = self.icmp.open(family, _sockaddr(flow.target, 0))
             except OSError as exc:

@@ -28,6 +28,7 @@ Design choices, for speed on the per-packet path:
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import NamedTuple
 
@@ -310,6 +311,11 @@ def _vnet_ok(hdr: VnetHdr, l4_rel: int, csum_off: int, gso: int) -> bool:
 
 # --------------------------------------------------------------------------
 # Address helpers
+
+
+def address_family(addr: bytes) -> int:
+    """AF_INET or AF_INET6 for a packed address (4 or 16 bytes), as sockets want it."""
+    return socket.AF_INET if len(addr) == 4 else socket.AF_INET6
 
 
 def is_unicast(addr: bytes) -> bool:

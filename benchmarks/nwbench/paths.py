@@ -21,11 +21,12 @@ import os
 import select
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from .processes import poll_until, runs, stop
 
 if TYPE_CHECKING:
     from world.harness import World
@@ -72,31 +73,14 @@ class RawSlirp4netns(Path):
                 yield lambda argv: ["nsenter", "--preserve-credentials", "--user", "--net",
                                     "--target", str(holder.pid), *argv]
         finally:
-            for process in (slirp, holder):
-                if process is not None and process.poll() is None:
-                    process.terminate()
-                    try:
-                        process.wait(5)
-                    except subprocess.TimeoutExpired:
-                        process.kill()
-                        process.wait()
+            stop([slirp, holder])
 
 
 def _wait_exec(process: subprocess.Popen, comm: str) -> None:
     """Wait until `process` runs `comm`: only then has unshare made its namespaces."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"namespace holder exited with status {process.returncode}")
-        try:
-            with open(f"/proc/{process.pid}/comm") as f:
-                if f.read().strip() == comm:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"namespace holder not running {comm} after {READY_TIMEOUT}s")
-        time.sleep(POLL_INTERVAL)  # a few milliseconds: launcher, unshare, exec
+    # A few milliseconds: launcher, unshare, exec.
+    poll_until(process, lambda: runs(process, comm), name="namespace holder", goal=f"running {comm}",
+               timeout=READY_TIMEOUT, interval=POLL_INTERVAL)
 
 
 def _start_slirp4netns(world: World, user: bool | str, pid: int, log) -> subprocess.Popen:

@@ -15,15 +15,14 @@ server, a client function, a parse function, and a Probe in PROBES.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import parse
+from .processes import poll_until, runs, stop
 
 if TYPE_CHECKING:
     from world.harness import World
@@ -124,25 +123,17 @@ PROBES[WRK.name] = WRK
 
 def _wait_listening(process: subprocess.Popen, spec: ServerSpec, program: str) -> None:
     """Poll the server's own /proc/PID/net table (its namespace's) until its port is there."""
-    deadline = time.monotonic() + SERVER_READY_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"server {spec.name} exited with status {process.returncode}")
-        try:
-            # Until the launcher has exec'd the server, the pid's /proc/PID/net is
-            # some other namespace's (the launcher's before setns): wait for the exec.
-            with open(f"/proc/{process.pid}/comm") as f:
-                running = f.read().strip() == os.path.basename(program)[:15]
-            if running:
-                with open(f"/proc/{process.pid}/net/{spec.proto}") as f:
-                    if spec.port in parse.listening_ports(f.read(), spec.proto):
-                        return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server {spec.name} not listening on {spec.proto}/{spec.port} "
-                               f"after {SERVER_READY_TIMEOUT}s")
-        time.sleep(POLL_INTERVAL)
+
+    def listening() -> bool:
+        # Until the launcher has exec'd the server, the pid's /proc/PID/net is
+        # some other namespace's (the launcher's before setns): wait for the exec.
+        if not runs(process, program):
+            return False
+        with open(f"/proc/{process.pid}/net/{spec.proto}") as f:
+            return spec.port in parse.listening_ports(f.read(), spec.proto)
+
+    poll_until(process, listening, name=f"server {spec.name}", goal=f"listening on {spec.proto}/{spec.port}",
+               timeout=SERVER_READY_TIMEOUT, interval=POLL_INTERVAL)
 
 
 @contextmanager
@@ -163,11 +154,4 @@ def servers(world: World, names: set[str], address: str) -> Iterator[dict[str, E
             endpoints[name] = Endpoint(address, spec.port)
         yield endpoints
     finally:
-        for process in started:
-            process.terminate()
-        for process in started:
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(process.pid, 9)
-                process.wait()
+        stop(started)

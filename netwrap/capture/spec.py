@@ -13,9 +13,6 @@ Capture points and the views they write:
 
 from __future__ import annotations
 
-import os
-import stat
-
 import attrs
 
 from netwrap.errors import UsageError
@@ -44,35 +41,10 @@ def parse_capture(path: str | None, point: str | None) -> CaptureSpec | None:
             raise UsageError("--capture-point needs --capture FILE")
         return None
     spec = CaptureSpec(path=path, point=point or "child")
-    for target in spec.files().values():
-        check_writable(target)
     if spec.point == "wire-egress" and not has_effective_capability(CAP_NET_RAW):
         raise UsageError("--capture-point wire-egress captures on the host's interfaces and needs "
                          "CAP_NET_RAW there: run netwrap as root (or use -C egress, which needs no privilege)")
     return spec
-
-
-def check_writable(path: str) -> None:
-    """Refuse a path that cannot become the capture file, without creating it."""
-    if not path:
-        raise UsageError("--capture: empty file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise UsageError(f"--capture {path}: directory {parent} does not exist")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UsageError(f"--capture {path}: cannot create files in {parent} (permission denied)") from None
-        return
-    except OSError as exc:
-        raise UsageError(f"--capture {path}: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise UsageError(f"--capture {path}: is a directory")
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError(f"--capture {path}: not a regular file")
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"--capture {path}: not writable (permission denied)")
 
 
 def has_effective_capability(cap: int) -> bool:

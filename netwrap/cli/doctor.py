@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from typing import TextIO
+import socket
+from typing import Sequence, TextIO
 
 import attrs
 
@@ -81,6 +82,75 @@ def check_nftables() -> Check:
     return Check(name=name, ok=True, detail=f"{version} at {path}")
 
 
+@attrs.frozen(kw_only=True)
+class Uplink:
+    """One default route of the host's main table, as the doctor reports it."""
+
+    family: int
+    gateway: str | None
+    interface: str | None
+    addresses: tuple[str, ...]  # global ones on that interface, "address/prefix"
+
+
+_MAIN_TABLE = 254
+_RTN_UNICAST = 1
+_SCOPE_UNIVERSE = 0
+
+
+def host_uplinks() -> list[Uplink]:
+    """The host's default routes (main table) and their interfaces' global addresses.
+
+    Through pyroute2: `ip` may be missing where netwrap runs, and the doctor
+    is a cold path, so its import (~115 ms) costs nothing anyone waits for.
+    """
+    from pyroute2 import IPRoute
+
+    uplinks = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family):
+                table = route.get_attr("RTA_TABLE") or route["table"]
+                if route["dst_len"] != 0 or table != _MAIN_TABLE or route["type"] != _RTN_UNICAST:
+                    continue
+                oif = route.get_attr("RTA_OIF")
+                addresses = () if oif is None else tuple(
+                    f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+                    for a in ipr.get_addr(family=family, index=oif) if a["scope"] == _SCOPE_UNIVERSE)
+                uplinks.append(Uplink(family=family, gateway=route.get_attr("RTA_GATEWAY"),
+                                      interface=names.get(oif), addresses=addresses))
+    return uplinks
+
+
+def uplink_check(uplinks: Sequence[Uplink]) -> Check:
+    """Which way the sandbox's traffic leaves the host: pasta and slirp4netns
+    connect out through the host's default route, and fail or stall without one."""
+    name = "host uplink"
+    parts = []
+    for family, label in ((socket.AF_INET, "IPv4"), (socket.AF_INET6, "IPv6")):
+        found = [u for u in uplinks if u.family == family]
+        if not found:
+            parts.append(f"no {label} default route")
+        for u in found:
+            via = f" via {u.gateway}" if u.gateway else ""
+            dev = f" dev {u.interface}" if u.interface else ""
+            addrs = f" ({', '.join(u.addresses)})" if u.addresses else " (no global address)"
+            parts.append(f"{label} default{via}{dev}{addrs}")
+    if uplinks:
+        return Check(name=name, ok=True, detail="; ".join(parts))
+    return Check(name=name, ok=False, detail="no default route: the sandbox would have no way out",
+                 fix="connect the host to a network (see `ip route`); pasta and slirp4netns leave through its "
+                     "default route")
+
+
+def check_host_uplink() -> Check:
+    try:
+        uplinks = host_uplinks()
+    except Exception as exc:  # pyroute2's NetlinkError is no OSError; the doctor reports, never crashes
+        return Check(name="host uplink", ok=False, detail=f"cannot read the host's routes: {exc}")
+    return uplink_check(uplinks)
+
+
 def _read(path: str) -> str | None:
     try:
         with open(path) as f:
@@ -90,7 +160,7 @@ def _read(path: str) -> str | None:
 
 
 def doctor(out: TextIO) -> int:
-    checks = [check_user_namespaces(), check_tun()]
+    checks = [check_user_namespaces(), check_tun(), check_host_uplink()]
     checks += [check_backend(name) for name in backends.names()]
     checks.append(check_nftables())
     for c in checks:

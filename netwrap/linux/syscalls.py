@@ -174,6 +174,14 @@ def set_link_up(name: str) -> None:
             fcntl.ioctl(s, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | IFF_UP))
 
 
+def signal_if_alive(pid: int, sig: int) -> None:
+    """os.kill, where a process already gone is not an error (it ended on its own)."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 def reset_signals_for_exec() -> None:
     """Give an exec'd program default dispositions and an empty mask.
 

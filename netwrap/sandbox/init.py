@@ -313,7 +313,7 @@ def _supervise(chan: Channel, sigfd: int, command_pid: int) -> int:
         elif code != syscalls.SI_KERNEL:
             # A terminal's signals went to the command's process group too;
             # only signals someone sent to us need passing on.
-            _kill(command_pid, signo)
+            syscalls.signal_if_alive(command_pid, signo)
 
 
 def _reap(command_pid: int) -> int | None:
@@ -328,10 +328,3 @@ def _reap(command_pid: int) -> int | None:
             return found
         if pid == command_pid:
             found = status
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -201,7 +201,7 @@ def _main_loop(chan: Channel, sigfd: int, init_pid: int, holder: int, handle, ou
             signo, code, _sender = syscalls.read_signalfd(sigfd)
             if signo != signal.SIGCHLD:
                 if code != syscalls.SI_KERNEL:
-                    _kill(init_pid, signo)
+                    syscalls.signal_if_alive(init_pid, signo)
                 continue
         # SIGCHLD or a closed channel: has the sandbox or the backend ended?
         status = _try_reap(holder)
@@ -221,16 +221,9 @@ def _try_reap(pid: int) -> int | None:
     return status if done else None
 
 
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
 def _end_holder(pid: int) -> None:
     """The holder normally exits with the command; force it if not."""
     if wait_pid(pid, 1.0) is None:
-        _kill(pid, signal.SIGKILL)
+        syscalls.signal_if_alive(pid, signal.SIGKILL)
         wait_pid(pid, 5.0)
 

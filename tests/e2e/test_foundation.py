@@ -16,30 +16,13 @@ import time
 
 import pytest
 
+from host_probe import PROBE, free_port
 from processes import tagged_processes
+from tool_path import path_without
 from world.harness import World
 
 GET = ("import sys, urllib.request\n"
        "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode(), end='')")
-
-# Connects to each address on a port, sends a request line naming the address,
-# prints {address: "ok" | error name}.
-PROBE = """
-import json, socket, sys
-port, out = int(sys.argv[1]), {}
-for addr in sys.argv[2:]:
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-    s.settimeout(2)
-    try:
-        s.connect((addr, port))
-        s.sendall(b"GET /probe/" + addr.encode() + b" HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
-        out[addr] = "ok" if s.recv(64).startswith(b"HTTP/") else "no-http"
-    except OSError as exc:
-        out[addr] = type(exc).__name__
-    finally:
-        s.close()
-print(json.dumps(out))
-"""
 
 # Every address through which some backend could expose the host: the
 # sandbox's own loopback, pasta's and slirp4netns' gateways, the host's own
@@ -75,12 +58,13 @@ def test_http_get_reaches_the_world(world: World, backend: str, as_user: bool, h
 # -- host loopback -------------------------------------------------------------------------
 
 def _probe_host_loopback(world: World, backend: str, as_user: bool, *flags: str) -> tuple[dict, list[dict]]:
-    port = 20000 + (os.getpid() * 7 + int(time.time())) % 20000
+    port = free_port()
     with world.spawn_server(ns="host", http=[("127.0.0.1", port), ("::1", port)]) as server:
-        done = netwrap(world, backend, *flags, "--", world.python, "-c", PROBE, str(port), *HOST_EXPOSING,
-                       user=as_user)
+        done = netwrap(world, backend, *flags, "--", world.python, "-c", PROBE,
+                       *(f"{addr} {port}" for addr in HOST_EXPOSING), user=as_user)
         assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout), server.log("http")
+        results = {target.rsplit(" ", 1)[0]: result for target, result in json.loads(done.stdout).items()}
+        return results, server.log("http")
 
 
 def test_host_loopback_is_closed_by_default(world: World, backend: str, as_user: bool) -> None:
@@ -141,18 +125,8 @@ def test_exit_status_is_the_commands(world: World, backend: str, as_user: bool, 
     assert done.stderr == message
 
 
-def _path_without(world: World, *missing: str) -> str:
-    """A PATH dir holding the usual tools, less `missing` (/bin is /usr/bin here)."""
-    bindir = world.user_dir("bin")
-    for name in ("sh", "true", "id", "ip", "nft", "pasta", "passt", "slirp4netns", "dpkg-query"):
-        for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
-            if name not in missing and os.path.exists(f"{d}/{name}") and not (bindir / name).exists():
-                (bindir / name).symlink_to(f"{d}/{name}")
-    return str(bindir)
-
-
 def test_missing_backend_binary_is_125_naming_the_package(world: World, as_user: bool) -> None:
-    path = _path_without(world, "pasta")
+    path = path_without(world, "pasta")
     done = world.netwrap("--backend", "pasta", "--", "true", user=as_user, env={"PATH": path})
     assert done.returncode == 125
     assert len(done.stderr.splitlines()) == 1, done.stderr
@@ -317,7 +291,10 @@ def test_doctor_passes_here_and_explains_failures(world: World) -> None:
     assert done.returncode == 0, done.stdout
     assert "ok    user namespaces" in done.stdout and "ok    /dev/net/tun" in done.stdout
     assert "ok    nftables" in done.stdout and "all checks passed" in done.stdout
-    broken = world.netwrap("--doctor", env={"PATH": _path_without(world, "pasta", "nft")})
+    # The world's host namespace (tests/world/netns.py): default routes via the veth to the internet.
+    assert ("ok    host uplink: IPv4 default via 192.0.2.1 dev nwveth0 (192.0.2.2/24); "
+            "IPv6 default via 2001:db8:ff::1 dev nwveth0 (2001:db8:ff::2/64)\n") in done.stdout
+    broken = world.netwrap("--doctor", env={"PATH": path_without(world, "pasta", "nft")})
     assert broken.returncode == 1
     assert "FAIL  backend pasta: pasta not found in PATH" in broken.stdout
     assert "fix: install the 'passt' package" in broken.stdout

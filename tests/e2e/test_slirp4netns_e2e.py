@@ -16,6 +16,7 @@ import time
 import psutil
 import pytest
 
+from host_probe import PROBE, free_port
 from processes import tagged_processes
 from world.harness import World
 
@@ -33,32 +34,9 @@ body = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
 print(json.dumps({"links": links, "body": body}))
 """
 
-# Connects to (address, port) pairs; prints {"address port": "ok" | error name}.
-PROBE = """
-import json, socket, sys
-out = {}
-for target in sys.argv[1:]:
-    addr, port = target.rsplit(" ", 1)
-    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
-    s.settimeout(2)
-    try:
-        s.connect((addr, int(port)))
-        s.sendall(b"GET /probe HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n")
-        out[target] = "ok" if s.recv(64).startswith(b"HTTP/") else "no-http"
-    except OSError as exc:
-        out[target] = type(exc).__name__
-    finally:
-        s.close()
-print(json.dumps(out))
-"""
-
 
 def slirp(world: World, *args: str, user: bool = True, **kw) -> subprocess.CompletedProcess:
     return world.netwrap("--backend", "slirp4netns", *args, user=user, **kw)
-
-
-def free_port() -> int:
-    return 20000 + (os.getpid() * 7 + time.monotonic_ns() // 1000) % 20000
 
 
 def slirp_processes(tag: str) -> list[psutil.Process]:

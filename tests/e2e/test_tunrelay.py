@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tool_path import path_without
 from world import bytegen
 from world.harness import World
 
@@ -193,19 +194,10 @@ def test_wrk_500_connections_no_socket_errors(world: World, path: str) -> None:
     assert 0 < requests <= len(served), done.stdout
 
 
-def _path_without(world: World, *missing: str) -> str:
-    bindir = world.user_dir("bin")
-    for name in ("sh", "true", "curl", "nft", "ip", "pasta", "passt", "slirp4netns", "dpkg-query"):
-        for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
-            if name not in missing and os.path.exists(f"{d}/{name}") and not (bindir / name).exists():
-                (bindir / name).symlink_to(f"{d}/{name}")
-    return str(bindir)
-
-
 @pytest.mark.parametrize("missing", [("pasta", "slirp4netns"), ("pasta", "slirp4netns", "nft")],
                          ids=["no-helpers", "no-helpers-no-nft"])
 def test_auto_falls_back_to_tunrelay(world: World, as_user: bool, missing: tuple[str, ...]) -> None:
-    env = {"PATH": _path_without(world, *missing)}
+    env = {"PATH": path_without(world, *missing)}
     tag = f"fallback-{'-'.join(missing)}-{as_user}-{time.monotonic_ns()}"
     mark = world.mark()
     # The README's first command, with the world's CA: a name, DNS, HTTPS.

@@ -15,7 +15,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from netwrap.capture.pcapng_file import (
 )
 from netwrap.capture.tail_guard import TailGuard
 
+from inet_checksum import ref_csum
+
 REPO = Path(__file__).resolve().parents[3]
 ROOT_NOTE = 'Running as user "root" and group "root". This could be dangerous.'
 BASE_NS = 1_700_000_000_123_456_789  # a timestamp whose nanoseconds show
@@ -46,15 +47,6 @@ pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark n
 # ------------------------------------------------------------ packet makers
 
 
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
     import socket
 
@@ -62,7 +54,7 @@ def ipv4(src: str, dst: str, proto: int, payload: bytes) -> bytes:
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0x4000, 64, proto, 0,
         socket.inet_aton(src), socket.inet_aton(dst),
     )  # fmt: skip
-    return hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:] + payload
+    return hdr[:10] + struct.pack("!H", ref_csum(hdr)) + hdr[12:] + payload
 
 
 def ipv6(src: str, dst: str, nxt: int, payload: bytes) -> bytes:
@@ -86,7 +78,7 @@ def udp(sport: int, dport: int, data: bytes = b"") -> bytes:
 
 def icmp_echo(kind: int = 8) -> bytes:
     body = struct.pack("!BBHHH", kind, 0, 0, 0x1234, 1) + b"ping"
-    return body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+    return body[:2] + struct.pack("!H", ref_csum(body)) + body[4:]
 
 
 def ethernet(ethertype: int, payload: bytes) -> bytes:
@@ -106,19 +98,29 @@ RAW_PACKETS = [
 # ------------------------------------------------------------------ helpers
 
 
-def tshark(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run tshark; it must exit 0 and say nothing on stderr but the root note."""
-    r = subprocess.run(["tshark", *args], capture_output=True, text=True, timeout=60)
-    noise = [line for line in r.stderr.splitlines() if line.strip() and line != ROOT_NOTE]
-    assert r.returncode == 0 and not noise, (r.returncode, r.stderr)
-    return r
+def run_tool(program: str, *args: str) -> str:
+    """Its stdout; a non-zero exit raises sh.ErrorReturnCode (argv, status, stderr)."""
+    import sh
+
+    # _tty_out=False: sh would give it a terminal; tools print for a pipe otherwise.
+    return sh.Command(program)(*args, _tty_out=False, _timeout=60)
+
+
+def tshark(*args: str) -> str:
+    """tshark's stdout; it must exit 0 and say nothing on stderr but the root note."""
+    import sh
+
+    done = sh.Command("tshark")(*args, _tty_out=False, _timeout=60, _return_cmd=True)
+    noise = [line for line in done.stderr.decode().splitlines() if line.strip() and line != ROOT_NOTE]
+    assert not noise, done.stderr
+    return done.stdout.decode()
 
 
 def fields(path: Path, *names: str) -> list[list[str]]:
     args = ["-r", str(path), "-T", "fields", "-E", "separator=|"]
     for name in names:
         args += ["-e", name]
-    return [line.split("|") for line in tshark(*args).stdout.splitlines()]
+    return [line.split("|") for line in tshark(*args).splitlines()]
 
 
 def statistics(path: Path) -> dict[int, dict[str, int]]:
@@ -238,12 +240,12 @@ def test_section_and_interface_metadata(tmp_path):
     with CaptureFile.open(path) as f:
         f.add_interface("nwtap0", LINKTYPE_ETHERNET, desc)
         f.add_interface("egress", LINKTYPE_RAW, describe_interface(view="egress", backend="pasta"))
-    r = subprocess.run(["capinfos", "-F", "-I", str(path)], capture_output=True, text=True, check=True)
-    assert f"Capture application: netwrap {netwrap.__version__}" in r.stdout
-    assert "Name = nwtap0" in r.stdout
-    assert f"Description = {desc}" in r.stdout
-    assert "Description = netwrap view=egress backend=pasta" in r.stdout
-    assert "Time precision = nanoseconds (9)" in r.stdout
+    info = run_tool("capinfos", "-F", "-I", str(path))
+    assert f"Capture application: netwrap {netwrap.__version__}" in info
+    assert "Name = nwtap0" in info
+    assert f"Description = {desc}" in info
+    assert "Description = netwrap view=egress backend=pasta" in info
+    assert "Time precision = nanoseconds (9)" in info
     # And per packet, through tshark's frame fields.
     with CaptureFile.open(path) as f:
         f.add_interface("nwtap0", LINKTYPE_ETHERNET, desc)

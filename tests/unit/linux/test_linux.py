@@ -80,3 +80,15 @@ def test_capabilities_dropped_for_a_command_that_holds_nothing():
     status = _status_in_child(prepare)
     assert int(status["CapInh"], 16) == 0 and int(status["CapAmb"], 16) == 0
     assert int(status["CapPrm"], 16) == 0 and int(status["CapEff"], 16) == 0
+
+
+def test_signal_if_alive_signals_a_live_process_and_ignores_a_gone_one():
+    child = os.fork()
+    if child == 0:
+        signal.pause()
+        os._exit(0)
+    # SIGKILL: SIGTERM may be ignored or blocked in what this test inherited.
+    syscalls.signal_if_alive(child, signal.SIGKILL)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    syscalls.signal_if_alive(child, signal.SIGKILL)  # reaped: ESRCH is not an error

@@ -316,3 +316,12 @@ def test_is_unicast():
     assert not is_unicast(bytes(4)) and not is_unicast(bytes(16))
     assert not is_unicast(bytes([224, 0, 0, 1])) and not is_unicast(bytes([255] * 4))
     assert not is_unicast(bytes([0xFF]) + bytes(15))
+
+
+def test_address_family_follows_the_packed_length():
+    import socket
+
+    from netwrap.backends.tunrelay.packets import address_family
+
+    assert address_family(socket.inet_pton(socket.AF_INET, "192.0.2.1")) == socket.AF_INET
+    assert address_family(socket.inet_pton(socket.AF_INET6, "2001:db8::1")) == socket.AF_INET6
