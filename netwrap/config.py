@@ -29,11 +29,15 @@ class Tools:
 
     @classmethod
     def find(cls) -> "Tools":
-        return _find_tools()
+        """Looked up where netwrap.linux.commands says (root: the system PATH or --helper-path)."""
+        from netwrap.linux.commands import search_path
+
+        return _find_tools(tuple(search_path()))
 
 
 @functools.cache
-def _find_tools() -> Tools:
+def _find_tools(directories: tuple[str, ...]) -> Tools:
+    # Keyed by the directories searched: --helper-path set later looks again.
     from netwrap.linux.commands import which
 
     return Tools(nft=which("nft"), ip=which("ip"))
