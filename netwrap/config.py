@@ -7,11 +7,12 @@ rest of netwrap only reads it.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 if TYPE_CHECKING:
+    from netwrap.capture.spec import CaptureSpec
     from netwrap.linux.userfiles import Identity, OutputFile
     from netwrap.policy.model import Policy
 
@@ -84,8 +85,8 @@ class Config:
     # backend's own addresses and resolvers join it at run time (Policy.with_network).
     policy: "Policy | None" = attrs.field(default=None, eq=False)
     tools: Tools = Tools()
-    # -c/-C: netwrap.capture.spec.CaptureSpec, or None for no capture.
-    capture: Any = None
+    # -c/-C, or None for no capture.
+    capture: CaptureSpec | None = None
     # Output files (--flow-log, every file of -c), opened while the flags were
     # checked (netwrap.linux.userfiles) and written through these fds.
     outputs: tuple[OutputFile, ...] = ()

@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Optional, TextIO
+from typing import TYPE_CHECKING, Any, Optional, TextIO
 
 from netwrap.dns import message as dnsmsg
 from netwrap.policy import flowlog
@@ -70,6 +70,12 @@ from netwrap.sandbox.setup import policy_flags
 from netwrap.linux.hostfiles import ipv6_by_interface, local_ipv4, read_host_file
 from netwrap.policy.model import Decision, IPAddress, Policy, normalize_address, normalize_hostname_key
 
+if TYPE_CHECKING:
+    from netwrap.backends import NetworkInfo
+    from netwrap.config import Config
+    from netwrap.sandbox.calls import SandboxCalls
+    from netwrap.sandbox.setup import SetupPlan
+
 NFLOG_GROUP = 0x4E57  # the sandbox's own netns: no other user of the group
 RCVBUF = 4 << 20
 ACK_TIMEOUT = 2.0
@@ -79,14 +85,14 @@ SYSCTL_ACCT = "/proc/sys/net/netfilter/nf_conntrack_acct"
 SYSCTL_TIMESTAMP = "/proc/sys/net/netfilter/nf_conntrack_timestamp"
 
 
-def build(config: Any, *, host_addresses: Iterable[str] = (), dns_servers: Iterable[str] = ()) -> Policy:
+def build(config: Config, *, host_addresses: Iterable[str] = (), dns_servers: Iterable[str] = ()) -> Policy:
     """The Policy of a run: the one the CLI parsed, with what the backend set up."""
     if config.policy is None:
         raise NetwrapError("the run's network policy was not parsed (netwrap.cli.options builds Config.policy)")
     return config.policy.with_network(host_addresses=host_addresses, dns_servers=dns_servers)
 
 
-def start_time_decide(config: Any, network: Any) -> Callable[..., Decision]:
+def start_time_decide(config: Config, network: NetworkInfo) -> Callable[..., Decision]:
     """The run's Policy.decide for an engine that judges each new flow itself
     (tunrelay without nftables), on the addresses the child sends to.
 
@@ -102,7 +108,7 @@ def start_time_decide(config: Any, network: Any) -> Callable[..., Decision]:
 # --- where the host is ---------------------------------------------------------------------------
 
 
-def host_addresses(network: Any) -> list[str]:
+def host_addresses(network: NetworkInfo) -> list[str]:
     """Every address through which the backend would reach the host itself (--block-private).
 
     The host's own addresses (a backend connects to them from the host), the
@@ -177,7 +183,7 @@ def resolve_at_start(names: Iterable[str], hosts_texts: Iterable[str] = ()) -> d
     return result
 
 
-def _open_flow_log(config: Any) -> TextIO:
+def _open_flow_log(config: Config) -> TextIO:
     """The --flow-log file, emptied: through the fd the flags' check opened, else opened safely now."""
     fd = next((out.fd for out in getattr(config, "outputs", ()) if out.path == config.flow_log), None)
     if fd is None:
@@ -192,7 +198,7 @@ def _open_flow_log(config: Any) -> TextIO:
     return os.fdopen(fd, "w", encoding="utf-8", buffering=1)
 
 
-def _hosts_texts(config: Any) -> list[str]:
+def _hosts_texts(config: Config) -> list[str]:
     texts = []
     if config.hosts_text is not None:
         texts.append(config.hosts_text)
@@ -218,7 +224,7 @@ class _Proxy:
 class PolicyEngine:
     """Everything the policy needs after setup. Build it with prepare()."""
 
-    def __init__(self, *, config: Any, policy: Policy, tracking: bool, nft_path: str) -> None:
+    def __init__(self, *, config: Config, policy: Policy, tracking: bool, nft_path: str) -> None:
         self.config = config
         self.policy = policy
         self.tracking = tracking
@@ -244,7 +250,7 @@ class PolicyEngine:
     # -- setup ----------------------------------------------------------------------------------
 
     @classmethod
-    def prepare(cls, config: Any, calls: Any, network: Any, *, nft: Optional[str]) -> Optional["PolicyEngine"]:
+    def prepare(cls, config: Config, calls: SandboxCalls, network: NetworkInfo, *, nft: Optional[str]) -> Optional["PolicyEngine"]:
         """None when nothing is to be enforced or counted."""
         wanted = bool(policy_flags(config))
         tracking = config.flow_log is not None or config.summary
@@ -267,7 +273,7 @@ class PolicyEngine:
             raise
         return engine
 
-    def _sandbox_netlink(self, calls: Any, groups: int = 0) -> socket.socket:
+    def _sandbox_netlink(self, calls: SandboxCalls, groups: int = 0) -> socket.socket:
         s = calls.socket(socket.AF_NETLINK, socket.SOCK_RAW, nfnetlink.NETLINK_NETFILTER, bind=(0, groups))
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
@@ -275,7 +281,7 @@ class PolicyEngine:
             pass
         return s
 
-    def _setup(self, calls: Any, resolvers: list[str], *, forced: bool) -> None:
+    def _setup(self, calls: SandboxCalls, resolvers: list[str], *, forced: bool) -> None:
         policy = self.policy
         if policy.hostnames or self.tracking:
             self.control = self._sandbox_netlink(calls)
@@ -311,7 +317,7 @@ class PolicyEngine:
             except OSError as exc:
                 raise NetwrapError(f"--flow-log {self.config.flow_log!r}: {exc.strerror}") from None
 
-    def _make_proxy(self, calls: Any, resolver: IPAddress) -> _Proxy:
+    def _make_proxy(self, calls: SandboxCalls, resolver: IPAddress) -> _Proxy:
         family = socket.AF_INET if resolver.version == 4 else socket.AF_INET6
         loopback = "127.0.0.1" if resolver.version == 4 else "::1"
         listen = calls.socket(family, socket.SOCK_DGRAM, bind=(loopback, 0))
@@ -350,7 +356,7 @@ class PolicyEngine:
                     if code:
                         raise NetwrapError(f"{what}: {os.strerror(code)}")
 
-    def merge(self, plan: Any) -> Any:
+    def merge(self, plan: SetupPlan) -> SetupPlan:
         """The front-end's SetupPlan with this ruleset added (one `nft -f` for both)."""
         import attrs
 
