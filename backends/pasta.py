@@ -27,7 +27,7 @@ from netwrap.backends import (
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
 from netwrap.errors import NetwrapError
-from netwrap.linux.commands import which
+from netwrap.linux.commands import searched, which
 from netwrap.linux.scratch import make_private_dir, remove_private_dir
 
 # The sandbox's resolver: pasta answers DNS sent here by forwarding it to the
@@ -49,7 +49,7 @@ class PastaBackend:
         path = which("pasta")
         fix = f"install the '{self.package}' package (e.g. apt-get install {self.package})"
         if path is None:
-            return Probe(available=False, reason="pasta not found in PATH", fix=fix)
+            return Probe(available=False, reason=f"pasta not found in {searched()}", fix=fix)
         info = probe_binary("pasta", path, version_argv=[path, "--version"], help_argv=[path, "--help"],
                             fallback_version=lambda: _packaged_version(self.package))
         options = frozenset(info["options"])  # type: ignore[arg-type]

@@ -45,7 +45,7 @@ from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import probe_binary
 from netwrap.config import Tools
 from netwrap.errors import NetwrapError
-from netwrap.linux.commands import debug, which
+from netwrap.linux.commands import debug, searched, which
 from netwrap.linux.scratch import make_private_dir, remove_private_dir
 
 TAP = "tap0"
@@ -83,7 +83,7 @@ class Slirp4netnsBackend:
     def probe(self) -> Probe:
         path = which("slirp4netns")
         if path is None:
-            self._probe = Probe(available=False, reason="slirp4netns not found in PATH",
+            self._probe = Probe(available=False, reason=f"slirp4netns not found in {searched()}",
                                 fix=f"install the '{self.package}' package (e.g. apt-get install {self.package})")
             return self._probe
         info = probe_binary("slirp4netns", path, version_argv=[path, "--version"], help_argv=[path, "--help"])

@@ -7,11 +7,12 @@ rest of netwrap only reads it.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 if TYPE_CHECKING:
+    from netwrap.capture.spec import CaptureSpec
     from netwrap.linux.userfiles import Identity, OutputFile
     from netwrap.policy.model import Policy
 
@@ -29,11 +30,15 @@ class Tools:
 
     @classmethod
     def find(cls) -> "Tools":
-        return _find_tools()
+        """Looked up where netwrap.linux.commands says (root: the system PATH or --helper-path)."""
+        from netwrap.linux.commands import search_path
+
+        return _find_tools(tuple(search_path()))
 
 
 @functools.cache
-def _find_tools() -> Tools:
+def _find_tools(directories: tuple[str, ...]) -> Tools:
+    # Keyed by the directories searched: --helper-path set later looks again.
     from netwrap.linux.commands import which
 
     return Tools(nft=which("nft"), ip=which("ip"))
@@ -80,8 +85,8 @@ class Config:
     # backend's own addresses and resolvers join it at run time (Policy.with_network).
     policy: "Policy | None" = attrs.field(default=None, eq=False)
     tools: Tools = Tools()
-    # -c/-C: netwrap.capture.spec.CaptureSpec, or None for no capture.
-    capture: Any = None
+    # -c/-C, or None for no capture.
+    capture: CaptureSpec | None = None
     # Output files (--flow-log, every file of -c), opened while the flags were
     # checked (netwrap.linux.userfiles) and written through these fds.
     outputs: tuple[OutputFile, ...] = ()

@@ -15,9 +15,11 @@ from world.harness import World
 TOOLS = ("sh", "true", "id", "curl", "ip", "nft", "pasta", "passt", "slirp4netns", "dpkg-query")
 
 
-def path_without(world: World, *missing: str) -> str:
-    """A PATH value holding TOOLS less `missing`."""
-    bindir = world.user_dir("bin")
+def path_without(world: World, *missing: str, user: bool = True) -> str:
+    """A PATH value holding TOOLS less `missing`: in a directory of the test
+    user's, or root's own when netwrap runs as root (user=False), which
+    --helper-path requires (see World.helpers_from)."""
+    bindir = world.program_dir("bin", user=user)
     for name in TOOLS:
         for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
             if name not in missing and os.path.exists(f"{d}/{name}") and not (bindir / name).exists():

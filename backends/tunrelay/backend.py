@@ -38,7 +38,7 @@ from netwrap.backends import (
 )
 from netwrap.errors import NetwrapError
 from netwrap.linux import rtnetlink
-from netwrap.linux.commands import debug
+from netwrap.linux.commands import debug, searched
 from netwrap.linux.hostfiles import read_host_file
 
 from . import addressing as A
@@ -345,7 +345,7 @@ def _configure_tun(rtnl: rtnetlink.Rtnl) -> int:
 def _setup_tproxy(calls: SandboxCalls, rtnl: rtnetlink.Rtnl, stack: contextlib.ExitStack,
                   nft: str | None) -> list[socket.socket]:
     if nft is None:
-        raise NetwrapError("nft not found in PATH (install the 'nftables' package)")
+        raise NetwrapError(f"nft not found in {searched()} (install the 'nftables' package)")
     # The relay writes a connection's SYN back into the TUN with the app's
     # own address as source: accepted only with accept_local, and not by a
     # strict reverse-path filter (lo would be the way back).

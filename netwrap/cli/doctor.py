@@ -11,7 +11,7 @@ import attrs
 from netwrap import backends
 from netwrap.linux import syscalls
 from netwrap.config import Tools
-from netwrap.linux.commands import CommandError, run
+from netwrap.linux.commands import CommandError, run, searched
 
 
 @attrs.frozen(kw_only=True)
@@ -73,7 +73,7 @@ def check_nftables() -> Check:
     name = "nftables"
     path = Tools.find().nft
     if path is None:
-        return Check(name=name, ok=False, detail="nft not found in PATH",
+        return Check(name=name, ok=False, detail=f"nft not found in {searched()}",
                      fix="install the 'nftables' package (e.g. apt-get install nftables)")
     try:
         version = run([path, "--version"], timeout=10).stdout.strip()

@@ -55,8 +55,18 @@ def _say(line: str) -> None:
 
 def _subcommand(name: str, rest: list[str]) -> int:
     if rest and rest[0] in ("-h", "--help"):
-        print(f"usage: netwrap {name}")
+        print(f"usage: netwrap {name} [--helper-path DIR[:DIR...]]")
         return 0
+    # The one option these take: the lookup whose result they report.
+    if rest and rest[0].startswith("--helper-path="):
+        rest = ["--helper-path", rest[0].partition("=")[2], *rest[1:]]
+    if rest and rest[0] == "--helper-path":
+        if len(rest) < 2:
+            raise UsageError("--helper-path needs DIR[:DIR...]")
+        from netwrap.cli.options import use_helper_path
+
+        use_helper_path(rest[1])
+        rest = rest[2:]
     if rest:
         raise UsageError(f"'netwrap {name}' takes no arguments (got {rest[0]!r})")
     if name == "backends":

@@ -48,6 +48,11 @@ PORTS: 80,443,8000-8080 or *. Examples: 93.184.215.14:80,
 udp://198.51.100.53:53, '[2001:db8::/32]:443', 'icmp://*', :443."""
 
 
+# netwrap.linux.commands.SYSTEM_PATH, written out: --help does not import
+# that module (ctypes, socket); a unit test keeps the two equal.
+SYSTEM_PATH_TEXT = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(message)
@@ -105,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "tproxy when nftables allows it, else nat)")
     p.add_argument("--summary", action="store_true",
                    help="after the command, print a short report on stderr")
+    p.add_argument("--helper-path", metavar="DIR[:DIR...]",
+                   help="look up helper programs (pasta, slirp4netns, nft, ip) in these directories only. "
+                        "Default: your PATH; as root the system PATH (" + SYSTEM_PATH_TEXT + "), never "
+                        "the caller's PATH, and each DIR must then be root's alone (not writable by others)")
     p.add_argument("--doctor", action="store_true", help="same as 'netwrap doctor'")
     p.add_argument("-v", "--verbose", action="count", default=0, help="say more (repeatable)")
     p.add_argument("-q", "--quiet", action="store_true", help="only errors")
@@ -118,6 +127,7 @@ def parse(argv: Sequence[str]):
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
+    use_helper_path(args.helper_path)
     if args.doctor:
         return "doctor"
     if not command:
@@ -178,6 +188,14 @@ def parse(argv: Sequence[str]):
         caller_uid=os.getuid(),
         caller_gid=os.getgid(),
     )
+
+
+def use_helper_path(text: str | None) -> None:
+    """Check --helper-path (exit 2 when refused) and make every later lookup use it."""
+    from netwrap.linux import commands
+
+    if text is not None:
+        commands.configure_helper_path(commands.parse_helper_path(text, as_root=os.geteuid() == 0))
 
 
 def _policy(args: argparse.Namespace) -> dict:

@@ -6,6 +6,12 @@ long-lived helper (a backend) the way helpers must start: in a session of its
 own (terminal signals meant for the command never reach it), with
 PR_SET_PDEATHSIG so it dies with netwrap even on SIGKILL, default signal
 dispositions, an empty signal mask, and only the fds it is given.
+
+Where programs are found: rootless, in the caller's PATH (the caller runs
+their own programs anyway). As root, a caller's PATH is not trusted to name
+what root executes: helpers come from SYSTEM_PATH, unless --helper-path names
+the directories (then only those). Helpers run as root get that same path as
+their PATH, so one that starts another program does not use the caller's.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import sys
 from typing import Sequence
 
 from netwrap.linux import syscalls
-from netwrap.errors import NetwrapError
+from netwrap.errors import NetwrapError, UsageError
 
 # Set by the CLI from -v; the logging module costs more start-up time than
 # netwrap's few debug lines are worth.
@@ -39,25 +45,122 @@ class CommandError(NetwrapError):
         super().__init__(f"{' '.join(self.argv)}: {how}: {detail}")
 
 
+# Root's helpers come from here, in this order. /usr/local is included, as in
+# sudo's secure_path and systemd's default PATH: it is root's own (root:root
+# 0755 on a Debian 12 install) and where a locally built pasta goes. Older
+# Debian installs made it root:staff 2775 (writable by group staff); a
+# directory root does not own alone is skipped (see unsafe_directory).
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+# Decided once, at import in the netwrap parent: the sandbox's init is a fork
+# of it and is uid 0 of its own user namespace when rootless, which must not
+# turn a rootless run's lookups into root's.
+_started_as_root = os.geteuid() == 0
+# --helper-path, once checked (configure_helper_path); None: not given.
+_helper_path: tuple[str, ...] | None = None
+
+
+def configure_helper_path(directories: Sequence[str] | None) -> None:
+    """Use only these directories for every later lookup (None: the default rule)."""
+    global _helper_path
+    _helper_path = tuple(directories) if directories is not None else None
+
+
+def search_path() -> list[str]:
+    """The directories helpers are looked up in, in order."""
+    if _helper_path is not None:
+        return list(_helper_path)
+    if _started_as_root:
+        return [d for d in SYSTEM_PATH if unsafe_directory(d) is None]
+    return os.get_exec_path()
+
+
+def searched() -> str:
+    """Where search_path() looked, for messages ("pasta not found in ...")."""
+    if _helper_path is not None:
+        return "--helper-path"
+    return "the system PATH" if _started_as_root else "PATH"
+
+
+def helper_env() -> dict[str, str] | None:
+    """The environment of a program netwrap starts (None: netwrap's own, as is)."""
+    if _helper_path is None and not _started_as_root:
+        return None
+    return {**os.environ, "PATH": ":".join(search_path())}
+
+
+def unsafe_directory(path: str) -> str | None:
+    """Why root should not run programs from `path`, or None when it may.
+
+    Someone other than root who can write to the directory, or to one above it
+    (where the directory could be renamed and replaced), decides what runs.
+    A sticky directory above (/tmp) is fine: only root can rename root's entries there.
+    """
+    chain = []
+    for start in (os.path.abspath(path), os.path.realpath(path)):
+        here = start
+        while True:
+            chain.append(here)
+            if here == "/":
+                break
+            here = os.path.dirname(here)
+    for here in dict.fromkeys(chain):
+        try:
+            st = os.stat(here)
+        except OSError as exc:
+            return f"{here}: {exc.strerror}"
+        first = here in (os.path.abspath(path), os.path.realpath(path))
+        if st.st_uid != 0:
+            return f"{here} is owned by uid {st.st_uid}, not root"
+        if st.st_mode & 0o022 and (first or not st.st_mode & 0o1000):
+            return f"{here} is writable by its group or others (mode {st.st_mode & 0o7777:o})"
+    return None
+
+
+def parse_helper_path(text: str, *, as_root: bool) -> tuple[str, ...]:
+    """--helper-path DIR[:DIR...] checked: absolute directories, and root's own when running as root."""
+    entries = text.split(":")
+    for entry in entries:
+        if not entry.startswith("/"):
+            raise UsageError(f"--helper-path {text!r}: {entry!r} is not an absolute path")
+        if not os.path.isdir(entry):
+            raise UsageError(f"--helper-path {text!r}: {entry} is not a directory")
+        why = unsafe_directory(entry) if as_root else None
+        if why is not None:
+            raise UsageError(f"--helper-path {text!r}: netwrap runs as root and {why}")
+    return tuple(entries)
+
+
 def which(name: str) -> str | None:
-    """Like shutil.which, without importing shutil on the start path."""
+    """Like shutil.which over search_path(), without importing shutil on the start path."""
     if "/" in name:
         return name if os.access(name, os.X_OK) else None
-    for directory in os.get_exec_path():
+    for directory in search_path():
         path = os.path.join(directory, name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
     return None
 
 
+def _resolve(argv: Sequence[str]) -> str:
+    # Resolved here rather than by exec*p, which would search netwrap's own PATH.
+    if "/" in argv[0]:
+        return argv[0]
+    path = which(argv[0])
+    if path is None:
+        raise CommandError(argv, None, f"{argv[0]}: not found in {searched()}")
+    return path
+
+
 def run(argv: Sequence[str], *, input: str | None = None, timeout: float = 30.0, check: bool = True) -> "CompletedRun":
     import subprocess  # not needed by a plain run's start path
 
     debug("run: " + " ".join(argv))
+    path = _resolve(argv)
     try:
         proc = subprocess.run(
-            list(argv), input=input, capture_output=True, text=True, timeout=timeout,
-            stdin=None if input is not None else subprocess.DEVNULL,
+            [path, *argv[1:]], input=input, capture_output=True, text=True, timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL, env=helper_env(),
         )
     except FileNotFoundError as exc:
         raise CommandError(argv, None, str(exc)) from None
@@ -82,6 +185,8 @@ def spawn_helper(argv: Sequence[str], *, output_fd: int, pass_fds: Sequence[int]
     follows the forking thread): netwrap's main thread.
     """
     debug("spawn: " + " ".join(argv))
+    path = _resolve(argv)
+    env = helper_env()
     parent = os.getpid()
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -101,7 +206,9 @@ def spawn_helper(argv: Sequence[str], *, output_fd: int, pass_fds: Sequence[int]
                 os.set_inheritable(fd, True)
             _close_all_except(keep)
             syscalls.reset_signals_for_exec()
-            os.execvp(argv[0], list(argv))
+            if env is None:
+                os.execv(path, list(argv))
+            os.execve(path, list(argv), env)
         except OSError as exc:
             os.write(err_w, struct.pack("=i", exc.errno or 0))
         finally:

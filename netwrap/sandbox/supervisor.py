@@ -13,7 +13,7 @@ import os
 import select
 import signal
 import sys
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import attrs
 
@@ -28,6 +28,9 @@ from netwrap.linux.commands import wait_pid
 from netwrap.sandbox.calls import SandboxCalls
 from netwrap.linux.scratch import make_private_dir, remove_private_dir
 from netwrap.sandbox.init import FORWARDED, exit_code, holder_main
+
+if TYPE_CHECKING:
+    from netwrap.policy.runtime import PolicyEngine
 
 READY_TIMEOUT = 15.0
 
@@ -46,8 +49,8 @@ class Outcome:
     notes: list[str] = attrs.field(factory=list)
     # -c: one netwrap.capture.session.ViewSummary per file written.
     captures: list = attrs.field(factory=list)
-    # The network policy's engine (netwrap.policy.runtime.PolicyEngine), when one ran.
-    policy: object = None
+    # The network policy's engine, when one ran.
+    policy: PolicyEngine | None = None
 
 
 def run(config: Config, backend: Backend, probe: Probe, *, nft: str | None = None) -> Outcome:

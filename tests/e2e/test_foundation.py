@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
+import shutil
 import signal
 import subprocess
 import time
@@ -126,11 +128,12 @@ def test_exit_status_is_the_commands(world: World, backend: str, as_user: bool, 
 
 
 def test_missing_backend_binary_is_125_naming_the_package(world: World, as_user: bool) -> None:
-    path = path_without(world, "pasta")
-    done = world.netwrap("--backend", "pasta", "--", "true", user=as_user, env={"PATH": path})
+    args, env = world.helpers_from(path_without(world, "pasta", user=as_user), user=as_user)
+    done = world.netwrap(*args, "--backend", "pasta", "--", "true", user=as_user, env=env)
     assert done.returncode == 125
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert "pasta" in done.stderr and "'passt' package" in done.stderr
+    assert f"pasta not found in {'PATH' if as_user else '--helper-path'}" in done.stderr, done.stderr
 
 
 # -- nothing left behind --------------------------------------------------------------------
@@ -304,6 +307,68 @@ def test_doctor_passes_here_and_explains_failures(world: World) -> None:
 # -- bad input ------------------------------------------------------------------------------
 
 FAKE_PASTA = "#!/bin/sh\necho started >> {marker}\nexit 1\n"
+
+
+def test_root_ignores_a_pasta_first_in_the_callers_path(world: World) -> None:
+    # As root, a PATH that names a directory someone else controls must not
+    # decide what runs: the fake pasta would record its start, and is not run.
+    bindir = world.user_dir("fakebin")
+    marker = bindir / "started"
+    (bindir / "pasta").write_text(FAKE_PASTA.format(marker=marker))
+    (bindir / "pasta").chmod(0o755)
+    real = shutil.which("pasta", path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    assert real is not None
+    tag = f"/syspath-{time.monotonic_ns()}"
+    mark = world.mark()
+    done = world.netwrap("-v", "--backend", "pasta", "--", "curl", "-sS", "-m", "10", "-o", "/dev/null",
+                         f"http://{World.WORLD_V4}{tag}", user=False,
+                         env={"PATH": f"{bindir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists()
+    assert f"spawn: {real} " in done.stderr, done.stderr
+    assert [r["path"] for r in world.http_log(since=mark)] == [tag]
+    # `netwrap backends` names the same program.
+    listing = world.netwrap("backends", user=False, env={"PATH": f"{bindir}:/usr/bin:/bin"})
+    assert re.search(rf"^pasta: available, .*{re.escape(real)}", listing.stdout, re.M), listing.stdout
+    assert str(bindir) not in listing.stdout
+    # Named explicitly (a root-owned directory), the program there is the one run.
+    chosen = world.program_dir("rootbin", user=False)
+    (chosen / "pasta").write_text(FAKE_PASTA.format(marker=marker))
+    (chosen / "pasta").chmod(0o755)
+    done = world.netwrap("--helper-path", f"{chosen}:/usr/sbin:/usr/bin", "--backend", "pasta", "--", "true",
+                         user=False)
+    # It is probed (--version, --help), and found lacking pasta's options.
+    assert done.returncode == 125, done.stderr
+    assert marker.exists()
+    assert f"{chosen}/pasta lacks option(s)" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("value, message", [
+    ("bin", "'bin' is not an absolute path"),
+    ("/usr/bin::/bin", "'' is not an absolute path"),
+    ("/nonexistent/bin", "/nonexistent/bin is not a directory"),
+    ("{userdir}", "netwrap runs as root and {userdir} is owned by uid {uid}, not root"),
+    ("{groupdir}", "netwrap runs as root and {groupdir} is writable by its group or others (mode 775)"),
+], ids=["relative", "empty-entry", "missing", "users-dir", "group-writable"])
+@pytest.mark.parametrize("command", [["--", "true"], ["--doctor"], ["backends"]], ids=["run", "doctor", "backends"])
+def test_bad_helper_path_as_root_is_exit_2_nothing_started(world: World, value: str, message: str,
+                                                            command: list[str]) -> None:
+    fake = world.user_dir("fakebin")
+    marker = fake / "started"
+    groupdir = world.program_dir("groupbin", user=False)
+    os.chmod(groupdir, 0o775)
+    for d in (fake, groupdir):
+        (d / "pasta").write_text(FAKE_PASTA.format(marker=marker))
+        (d / "pasta").chmod(0o755)
+    names = dict(userdir=fake, groupdir=groupdir, uid=world.user.uid)
+    value, message = value.format(**names), message.format(**names)
+    args = ["backends", "--helper-path", value] if command == ["backends"] else ["--helper-path", value, *command]
+    done = world.netwrap(*args, user=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    [line] = done.stderr.splitlines()
+    assert line == f"netwrap: error: --helper-path {value!r}: {message}", line
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("args, message", [

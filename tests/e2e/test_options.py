@@ -13,7 +13,7 @@ import pytest
 from test_capture import CURL, URL_V4, assert_full_http_conversation, tshark
 from test_policy import http, probe, refused
 from test_slirp4netns_e2e import host_ping_group_range
-from test_tunrelay import _path_without
+from tool_path import path_without
 
 from world.harness import World
 
@@ -119,8 +119,8 @@ def test_capture_point_alone_writes_one_file_of_that_view(world: World, backend,
 ], ids=["all-present", "no-pasta", "neither"])
 def test_auto_order_is_pasta_then_slirp4netns_then_tunrelay(world: World, as_user: bool, missing, chosen) -> None:
     mark = world.mark()
-    env = {"PATH": _path_without(world, *missing)}
-    done = world.netwrap("--summary", "--", "curl", "-sS", "--max-time", "10", "-o", "/dev/null",
+    helpers, env = world.helpers_from(path_without(world, *missing, user=as_user), user=as_user)
+    done = world.netwrap(*helpers, "--summary", "--", "curl", "-sS", "--max-time", "10", "-o", "/dev/null",
                          f"http://{World.WORLD_V4}/auto", user=as_user, env=env)
     assert done.returncode == 0, done.stderr
     [line] = [l for l in done.stderr.splitlines() if l.startswith("netwrap: backend:")]

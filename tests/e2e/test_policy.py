@@ -430,13 +430,14 @@ ENGINE_NOTE = "network policy enforced by tunrelay's engine (no nftables)"
 
 
 def test_tunrelay_engine_allow_list_without_nft(world: World, as_user: bool) -> None:
+    helpers, env = world.helpers_from(path_without_nft(world, user=as_user), user=as_user)
     mark = world.mark()
-    done = world.netwrap("--backend", "tunrelay", "--allow", f"{World.WORLD_V4}:80", "--summary", "--",
+    done = world.netwrap(*helpers, "--backend", "tunrelay", "--allow", f"{World.WORLD_V4}:80", "--summary", "--",
                          world.python, "-c", PROBE, *[json.dumps(a) for a in [
                              http(f"http://{World.WORLD_V4}/hello"),
                              http(f"http://{World.WORLD_V4}:8080/hello"),
                              http("http://203.0.113.80/hello"),
-                         ]], user=as_user, env={"PATH": path_without_nft(world)})
+                         ]], user=as_user, env=env)
     assert done.returncode == 0, done.stderr
     allowed, other_port, other_host = json.loads(done.stdout)
     assert allowed["result"] == "ok 200 hello from the world", allowed
@@ -447,9 +448,9 @@ def test_tunrelay_engine_allow_list_without_nft(world: World, as_user: bool) -> 
 
 
 def test_tunrelay_engine_deny_icmp_and_offline_without_nft(world: World, as_user: bool) -> None:
-    env = {"PATH": path_without_nft(world)}
+    helpers, env = world.helpers_from(path_without_nft(world, user=as_user), user=as_user)
     mark = world.mark()
-    [ping, get] = probe(world, TUNRELAY, ["--deny", "icmp://*"], [
+    [ping, get] = probe(world, TUNRELAY, [*helpers, "--deny", "icmp://*"], [
         ["error_line", "ping", "-c", "1", "-W", "5", World.WORLD_V4],
         http(f"http://{World.WORLD_V4}/hello"),
     ], user=as_user, env=env)
@@ -457,7 +458,7 @@ def test_tunrelay_engine_deny_icmp_and_offline_without_nft(world: World, as_user
     assert get["result"] == "ok 200 hello from the world", get
     assert locals_seen(world.http_log(since=mark)) == {World.WORLD_V4}  # only the ICMP rule refuses
     mark = world.mark()
-    [offline] = probe(world, TUNRELAY, ["--offline"], [http(f"http://{World.WORLD_V4}/hello")],
+    [offline] = probe(world, TUNRELAY, [*helpers, "--offline"], [http(f"http://{World.WORLD_V4}/hello")],
                       user=as_user, env=env)
     assert refused(offline), offline
     assert world.http_log(since=mark) == []

@@ -203,11 +203,12 @@ def test_clean_exit_leaves_no_api_socket_dir(world: World, as_user: bool, tag: s
 
 def test_failure_shows_slirp4netns_output_in_one_line(world: World, as_user: bool) -> None:
     # A slirp4netns that is handed an impossible MTU on top of netwrap's options.
-    bindir = world.user_dir("badslirp")
+    bindir = world.program_dir("badslirp", user=as_user)
     wrapper = bindir / "slirp4netns"
     wrapper.write_text('#!/bin/sh\nexec /usr/bin/slirp4netns "$@" --mtu=99999\n')
     wrapper.chmod(0o755)
-    done = slirp(world, "--", "true", user=as_user, env={"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin"})
+    helpers, env = world.helpers_from(f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin", user=as_user)
+    done = slirp(world, *helpers, "--", "true", user=as_user, env=env)
     assert done.returncode == 125
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith("netwrap: slirp4netns exited (exit status 1) before it was ready: ")
@@ -216,15 +217,16 @@ def test_failure_shows_slirp4netns_output_in_one_line(world: World, as_user: boo
 
 
 def test_missing_binary_names_the_package(world: World, as_user: bool) -> None:
-    bindir = world.user_dir("noslirp")
+    bindir = world.program_dir("noslirp", user=as_user)
     for name in ("sh", "true", "ip", "nft"):
         for d in ("/usr/sbin", "/usr/bin"):
             if os.path.exists(f"{d}/{name}") and not (bindir / name).exists():
                 (bindir / name).symlink_to(f"{d}/{name}")
-    done = slirp(world, "--", "true", user=as_user, env={"PATH": str(bindir)})
+    helpers, env = world.helpers_from(str(bindir), user=as_user)
+    done = slirp(world, *helpers, "--", "true", user=as_user, env=env)
     assert done.returncode == 125
     assert done.stderr.splitlines() == [
-        "netwrap: backend slirp4netns is not available: slirp4netns not found in PATH; "
+        f"netwrap: backend slirp4netns is not available: slirp4netns not found in {'PATH' if as_user else '--helper-path'}; "
         "install the 'slirp4netns' package (e.g. apt-get install slirp4netns)"]
 
 

@@ -23,7 +23,7 @@ from world.harness import World
 
 PATHS = ["tproxy", "nat"]
 FLOOD = Path(__file__).resolve().parent / "tunrelay_flood.py"
-_NO_NFT: dict[int, str] = {}
+_NO_NFT: dict[tuple[int, bool], str] = {}
 
 
 @pytest.fixture(params=PATHS)
@@ -31,26 +31,29 @@ def path(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def path_without_nft(world: World) -> str:
+def path_without_nft(world: World, *, user: bool = True) -> str:
     """A PATH with every program of the system but nft: tunrelay then takes
-    the TUN NAT path, as on a machine without nftables."""
-    if id(world) not in _NO_NFT:
-        bindir = world.user_dir("no-nft")
+    the TUN NAT path, as on a machine without nftables. user=False: root's
+    own directory, for --helper-path as root (World.helpers_from)."""
+    if (id(world), user) not in _NO_NFT:
+        bindir = world.program_dir("no-nft", user=user)
         for d in ("/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
             for name in os.listdir(d) if os.path.isdir(d) else ():
                 if name != "nft" and not (bindir / name).exists():
                     (bindir / name).symlink_to(os.path.join(d, name))
-        _NO_NFT[id(world)] = str(bindir)
-    return _NO_NFT[id(world)]
+        _NO_NFT[(id(world), user)] = str(bindir)
+    return _NO_NFT[(id(world), user)]
 
 
 def tunrelay(world: World, path: str, *args: str, user: bool = True, env: dict | None = None, **kw):
     """netwrap --backend tunrelay on the given TCP path: tproxy where nftables
-    is installed (here), nat on a PATH without nft (auto's fallback)."""
+    is installed (here), nat where netwrap finds no nft (auto's fallback)."""
     env = dict(env or {})
+    helpers: list[str] = []
     if path == "nat":
-        env["PATH"] = path_without_nft(world)
-    return world.netwrap("--backend", "tunrelay", *args, user=user, env=env, **kw)
+        helpers, lookup = world.helpers_from(path_without_nft(world, user=user), user=user)
+        env.update(lookup)
+    return world.netwrap("--backend", "tunrelay", *helpers, *args, user=user, env=env, **kw)
 
 
 def relay_stats(stderr: str, path: str) -> dict[str, int]:
@@ -197,11 +200,11 @@ def test_wrk_500_connections_no_socket_errors(world: World, path: str) -> None:
 @pytest.mark.parametrize("missing", [("pasta", "slirp4netns"), ("pasta", "slirp4netns", "nft")],
                          ids=["no-helpers", "no-helpers-no-nft"])
 def test_auto_falls_back_to_tunrelay(world: World, as_user: bool, missing: tuple[str, ...]) -> None:
-    env = {"PATH": path_without(world, *missing)}
+    helpers, env = world.helpers_from(path_without(world, *missing, user=as_user), user=as_user)
     tag = f"fallback-{'-'.join(missing)}-{as_user}-{time.monotonic_ns()}"
     mark = world.mark()
     # The README's first command, with the world's CA: a name, DNS, HTTPS.
-    done = world.netwrap("--summary", "--", "curl", "-sSI", "-m", "10", "--cacert", str(world.ca_file),
+    done = world.netwrap(*helpers, "--summary", "--", "curl", "-sSI", "-m", "10", "--cacert", str(world.ca_file),
                          "-H", f"X-Test: {tag}", "https://example.com/hello", user=as_user, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("HTTP/1.1 200"), done.stdout
@@ -209,9 +212,10 @@ def test_auto_falls_back_to_tunrelay(world: World, as_user: bool, missing: tuple
     # (the log may still be taking records from an earlier load test: find ours)
     world.wait_log(lambda: world.http_log(since=mark),
                    lambda r: [h for h in r["headers"] if h[0].lower() == "x-test" and h[1] == tag], timeout=10)
-    listing = world.netwrap("backends", user=as_user, env=env)
-    assert "pasta: unavailable: pasta not found in PATH" in listing.stdout
-    assert "slirp4netns: unavailable: slirp4netns not found in PATH" in listing.stdout
+    listing = world.netwrap("backends", *helpers, user=as_user, env=env)
+    searched = "PATH" if as_user else "--helper-path"
+    assert f"pasta: unavailable: pasta not found in {searched}" in listing.stdout
+    assert f"slirp4netns: unavailable: slirp4netns not found in {searched}" in listing.stdout
     assert re.search(r"^tunrelay: available, version ", listing.stdout, re.M)
 
 

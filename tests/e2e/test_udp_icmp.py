@@ -75,11 +75,12 @@ def test_ping_works_where_declared(world: World, backend: str, as_user: bool, fa
 def test_option_needing_a_missing_capability_is_refused(world: World, as_user: bool) -> None:
     # slirp4netns gets IPv6 only through `ip` (iproute2): without it, an IPv6
     # resolver cannot be reached, and netwrap says so before starting.
-    bindir = world.user_dir("noip")
+    bindir = world.program_dir("noip", user=as_user)
     for name in ("slirp4netns", "nft", "sh", "true"):
         (bindir / name).symlink_to(f"/usr/bin/{name}" if name != "nft" else "/usr/sbin/nft")
-    done = world.netwrap("--backend", "slirp4netns", "-d", World.DNS_V6, "--", "true", user=as_user,
-                         env={"PATH": str(bindir)})
+    helpers, env = world.helpers_from(str(bindir), user=as_user)
+    done = world.netwrap(*helpers, "--backend", "slirp4netns", "-d", World.DNS_V6, "--", "true", user=as_user,
+                         env=env)
     assert done.returncode == 125
     assert done.stderr.splitlines() == [
         f"netwrap: --dns {World.DNS_V6} needs ipv6, which backend slirp4netns lacks here "

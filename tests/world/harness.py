@@ -165,6 +165,24 @@ class World:
         os.chmod(path, 0o755)
         return path
 
+    def program_dir(self, name: str, *, user: bool) -> Path:
+        """A fresh directory for programs netwrap should find: the test user's
+        when netwrap runs as that user; root's own (0755) when it runs as root,
+        as --helper-path requires then."""
+        if user:
+            return self.user_dir(name)
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.tmp / "scratch"))
+        os.chmod(path, 0o755)
+        return path
+
+    @staticmethod
+    def helpers_from(path: str, *, user: bool) -> tuple[list[str], dict[str, str]]:
+        """(netwrap options, environment) making netwrap look up its helper
+        programs in `path` (DIR[:DIR...]): the test user's PATH rootless (the
+        command then sees that PATH too), --helper-path as root (root ignores
+        the caller's PATH)."""
+        return ([], {"PATH": path}) if user else (["--helper-path", path], {})
+
     # -- logs ----------------------------------------------------------------------------
 
     def _daemons(self) -> list[daemons.Daemon]:

@@ -17,6 +17,7 @@ from netwrap.backends import Probe, Target, slirp4netns
 from netwrap.backends.slirp4netns import Slirp4netnsBackend, Slirp4netnsHandle
 from netwrap.config import Config, Tools
 from netwrap.errors import NetwrapError
+from netwrap.linux import commands
 
 ALL_OPTIONS = frozenset({
     "configure", "exit-fd", "ready-fd", "mtu", "enable-ipv6", "api-socket", "cidr", "disable-host-loopback",
@@ -112,8 +113,11 @@ def test_probe_names_missing_options(monkeypatch):
 
 def test_probe_without_binary_names_the_package(monkeypatch):
     monkeypatch.setattr(slirp4netns, "which", lambda name: None)
+    monkeypatch.setattr(commands, "_started_as_root", False)
     got = Slirp4netnsBackend().probe()
     assert (got.available, got.reason) == (False, "slirp4netns not found in PATH")
+    monkeypatch.setattr(commands, "_started_as_root", True)  # root did not search the caller's PATH
+    assert Slirp4netnsBackend().probe().reason == "slirp4netns not found in the system PATH"
     assert "apt-get install slirp4netns" in got.fix
 
 
