@@ -290,3 +290,26 @@ def test_publish_error_is_named(fake):
     _api_server(handle.api_socket, {"error": {"desc": "bad request: add_hostfwd: bad arguments.proto"}})
     with pytest.raises(NetwrapError, match=r"slirp4netns API \(add_hostfwd\): bad request: .*proto"):
         handle.publish("sctp", 1, 2)
+
+
+@pytest.mark.parametrize("data, result", [
+    (b'{"return": {"id": 7}}', {"id": 7}),
+    (b'{"return":{}}', {}),
+    (b'{"entries":[{"id":1,"proto":"tcp"}]}', {"entries": [{"id": 1, "proto": "tcp"}]}),  # 1.2.0's list_hostfwd
+])
+def test_api_reply_from_bytes(data, result):
+    assert slirp4netns.api_reply("x", data) == result
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"error":{"desc":"bad request: add_hostfwd: bad arguments.proto"}}',
+     "slirp4netns API (add_hostfwd): bad request: add_hostfwd: bad arguments.proto"),
+    (b'{"error":"nope"}', "slirp4netns API (add_hostfwd): nope"),
+    (b'', "slirp4netns API (add_hostfwd): bad reply b''"),
+    (b'[1]', "slirp4netns API (add_hostfwd): bad reply b'[1]'"),
+    (b'{"return": {"id": 7', """slirp4netns API (add_hostfwd): bad reply b'{"return": {"id": 7'"""),
+])
+def test_api_error_replies_are_named(data, message):
+    with pytest.raises(NetwrapError) as caught:
+        slirp4netns.api_reply("add_hostfwd", data)
+    assert str(caught.value) == message
