@@ -179,8 +179,8 @@ ROOTFUL_CONFIG = Config(command=("true",), caller_uid=0, caller_gid=0, rootful=T
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
-    """(host netns fd, sandbox netns fd, run(fn) in host); the handles it started are stopped after."""
+def namespaces(tmp_path, monkeypatch):
+    """(host, sandbox): fds of two fresh network namespaces, lo up in host; slirp's files under tmp_path."""
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     host, sandbox = freshnet.new_netns(), freshnet.new_netns()
@@ -190,16 +190,14 @@ def world(tmp_path, monkeypatch):
     os.close(sandbox)
 
 
-def _start(netns_fd: int) -> Slirp4netnsHandle:
-    return Slirp4netnsBackend().start(Target(pid=os.getpid(), rootful=True, netns_fd=netns_fd), ROOTFUL_CONFIG)
-
-
 def _in_host(host: int, body) -> None:
-    """body(start) in the host netns; whatever it started is stopped before the thread ends."""
+    """body(start) in the host netns, where start(netns_fd) starts slirp4netns (rootful form) for that
+    namespace; whatever it started is stopped before the thread ends."""
     handles: list[Slirp4netnsHandle] = []
 
     def start(netns_fd: int) -> Slirp4netnsHandle:
-        handles.append(_start(netns_fd))
+        target = Target(pid=os.getpid(), rootful=True, netns_fd=netns_fd)
+        handles.append(Slirp4netnsBackend().start(target, ROOTFUL_CONFIG))
         return handles[-1]
 
     def run() -> None:
@@ -213,8 +211,8 @@ def _in_host(host: int, body) -> None:
 
 
 @needs_real_slirp
-def test_ready_then_clean_stop_through_the_exit_fd(world):
-    host, sandbox = world
+def test_ready_then_clean_stop_through_the_exit_fd(namespaces):
+    host, sandbox = namespaces
 
     def body(start):
         handle = start(sandbox)
@@ -237,8 +235,8 @@ def test_ready_then_clean_stop_through_the_exit_fd(world):
 
 
 @needs_real_slirp
-def test_failure_before_ready_carries_its_output(world):
-    host, _ = world
+def test_failure_before_ready_carries_its_output(namespaces):
+    host, _ = namespaces
     not_a_netns = os.open("/etc/hostname", os.O_RDONLY | os.O_CLOEXEC)
 
     def body(start):
@@ -257,8 +255,8 @@ def test_failure_before_ready_carries_its_output(world):
 
 
 @needs_real_slirp
-def test_not_ready_in_time_is_stopped(world, tmp_path):
-    host, _ = world
+def test_not_ready_in_time_is_stopped(namespaces, tmp_path):
+    host, _ = namespaces
     # The "namespace" is a FIFO without a writer: slirp4netns's open() of
     # /proc/self/fd/N blocks there for good, so it never gets to "ready".
     fifo = tmp_path / "fifo"
@@ -280,8 +278,8 @@ def test_not_ready_in_time_is_stopped(world, tmp_path):
 
 
 @needs_real_slirp
-def test_stop_forces_after_the_deadline(world):
-    host, sandbox = world
+def test_stop_forces_after_the_deadline(namespaces):
+    host, sandbox = namespaces
 
     def body(start):
         handle = start(sandbox)
@@ -299,8 +297,8 @@ def test_stop_forces_after_the_deadline(world):
 
 
 @needs_real_slirp
-def test_diagnostics_leave_out_chatter(world):
-    host, sandbox = world
+def test_diagnostics_leave_out_chatter(namespaces):
+    host, sandbox = namespaces
 
     def body(start):
         handle = start(sandbox)
@@ -359,8 +357,8 @@ def _ask(port: int, data: bytes) -> bytes:
 
 
 @needs_real_slirp
-def test_publish_forwards_a_host_port_into_the_sandbox(world):
-    host, sandbox = world
+def test_publish_forwards_a_host_port_into_the_sandbox(namespaces):
+    host, sandbox = namespaces
 
     def body(start):
         handle = start(sandbox)
@@ -379,8 +377,8 @@ def test_publish_forwards_a_host_port_into_the_sandbox(world):
 
 
 @needs_real_slirp
-def test_unpublish_removes_the_forward(world):
-    host, sandbox = world
+def test_unpublish_removes_the_forward(namespaces):
+    host, sandbox = namespaces
 
     def body(start):
         handle = start(sandbox)
@@ -399,8 +397,8 @@ def test_unpublish_removes_the_forward(world):
 
 
 @needs_real_slirp
-def test_publish_error_is_named(world):
-    host, sandbox = world
+def test_publish_error_is_named(namespaces):
+    host, sandbox = namespaces
 
     def body(start):
         handle = start(sandbox)
