@@ -107,8 +107,11 @@ class HelperProcess:
             if status is not None:
                 self._status = status
             else:
+                # The whole process group (spawn_helper made the helper its
+                # leader): a helper stuck before it was ready may have a
+                # child of its own stuck too (slirp4netns's, in open()).
                 try:
-                    os.kill(self.pid, signal.SIGKILL)
+                    os.killpg(self.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 self._reap(block=True)

@@ -18,6 +18,7 @@ from netwrap.config import Config, Tools
 from netwrap.errors import NetwrapError
 
 import freshnet
+from processes import tagged_processes
 
 ALL_OPTIONS = frozenset({
     "configure", "exit-fd", "ready-fd", "mtu", "enable-ipv6", "api-socket", "cidr", "disable-host-loopback",
@@ -255,8 +256,10 @@ def test_failure_before_ready_carries_its_output(namespaces):
 
 
 @needs_real_slirp
-def test_not_ready_in_time_is_stopped(namespaces, tmp_path):
+def test_not_ready_in_time_is_stopped(namespaces, tmp_path, monkeypatch):
     host, _ = namespaces
+    tag = f"slirp-not-ready-{os.getpid()}"
+    monkeypatch.setenv("NETWRAP_TEST_TAG", tag)  # slirp4netns and its child inherit it
     # The "namespace" is a FIFO without a writer: slirp4netns's open() of
     # /proc/self/fd/N blocks there for good, so it never gets to "ready".
     fifo = tmp_path / "fifo"
@@ -270,11 +273,18 @@ def test_not_ready_in_time_is_stopped(namespaces, tmp_path):
         status = handle.poll()
         assert status is not None
         assert not os.path.exists(os.path.dirname(handle.api_socket))
+        # Its child, stuck in that open(), went with it.
+        deadline = time.monotonic() + 2
+        while (left := tagged_processes(tag)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left == []
 
     try:
         _in_host(host, body)
     finally:
         os.close(blocking)
+        for left in tagged_processes(tag):  # only if the test failed
+            left.kill()
 
 
 @needs_real_slirp
