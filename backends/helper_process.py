@@ -130,7 +130,13 @@ class HelperProcess:
             if status is not None:
                 self._status = status
             else:
-                signal_if_alive(self.pid, signal.SIGKILL)
+                # The whole process group (spawn_helper made the helper its
+                # leader): a helper stuck before it was ready may have a
+                # child of its own stuck too (slirp4netns's, in open()).
+                try:
+                    os.killpg(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 self._reap(block=True)
         self.on_readable()
         if self._output_fd is not None:

@@ -309,6 +309,10 @@ class Slirp4netnsHandle(DelegatesToProcess):
     def unpublish(self, rule_id: int) -> None:
         self._api({"execute": "remove_hostfwd", "arguments": {"id": rule_id}})
 
+    def published(self) -> list[dict]:
+        """slirp4netns's own list of forwards: id, proto, host_addr, host_port, guest_addr, guest_port."""
+        return list(self._api({"execute": "list_hostfwd"}).get("entries", []))
+
     def _api(self, request: dict) -> dict:
         # One request per connection, ended by SHUT_WR (slirp4netns's protocol).
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -322,15 +326,7 @@ class Slirp4netnsHandle(DelegatesToProcess):
                     data += chunk
             except OSError as exc:
                 raise NetwrapError(f"slirp4netns API ({request['execute']}): {exc}") from None
-        try:
-            reply = json.loads(data)
-        except ValueError:
-            raise NetwrapError(f"slirp4netns API ({request['execute']}): bad reply {data[:200]!r}") from None
-        if "error" in reply:
-            error = reply["error"]
-            detail = error.get("desc", error) if isinstance(error, dict) else error
-            raise NetwrapError(f"slirp4netns API ({request['execute']}): {detail}")
-        return reply.get("return", {})
+        return api_reply(request["execute"], data)
 
     def stop(self, timeout: float = 2.0) -> None:
         # Closing the exit fd is slirp4netns's own way to stop; then force.
@@ -347,9 +343,26 @@ class Slirp4netnsHandle(DelegatesToProcess):
             self._exit_fd = None
 
 
+def api_reply(execute: str, data: bytes) -> dict:
+    """What an API request returned, from the bytes slirp4netns answered; an error names the request."""
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        reply = None
+    if not isinstance(reply, dict):
+        raise NetwrapError(f"slirp4netns API ({execute}): bad reply {data[:200]!r}")
+    if "error" in reply:
+        error = reply["error"]
+        detail = error.get("desc", error) if isinstance(error, dict) else error
+        raise NetwrapError(f"slirp4netns API ({execute}): {detail}")
+    # list_hostfwd's answer (1.2.0) is {"entries": [...]}, not wrapped in "return".
+    return reply.get("return", reply)
+
+
 # slirp4netns's normal chatter, which says nothing about a failure.
 _CHATTER = ("sent tapfd=", "received tapfd=", "Starting slirp", "* ", "WARNING: Support for", "WARNING: 127.0.0.1",
-            "do_slirp is exiting", "exitfd event", "apifd event", "Usage:", "User-mode networking", "-")
+            "do_slirp is exiting", "exitfd event", "apifd event", "Usage:", "User-mode networking", "-",
+            "api_handler: got request:", "seccomp: The following syscalls are blocked:")
 
 
 def _is_diagnostic(line: str) -> bool:

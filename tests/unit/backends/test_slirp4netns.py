@@ -1,13 +1,12 @@
-"""slirp4netns backend without privileges: argv, probing, decisions, and the handle's
-lifecycle against a fake slirp4netns that speaks the ready-fd/exit-fd protocol."""
+"""slirp4netns backend: argv, probing, decisions and API replies as pure logic; the
+handle's lifecycle and port publishing against the real slirp4netns (as root)."""
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import signal
 import socket
-import sys
 import threading
 import time
 
@@ -18,6 +17,9 @@ from netwrap.backends.slirp4netns import Slirp4netnsBackend, Slirp4netnsHandle
 from netwrap.config import Config, Tools
 from netwrap.errors import NetwrapError
 from netwrap.linux import commands
+
+import freshnet
+from processes import tagged_processes
 
 ALL_OPTIONS = frozenset({
     "configure", "exit-fd", "ready-fd", "mtu", "enable-ipv6", "api-socket", "cidr", "disable-host-loopback",
@@ -167,130 +169,283 @@ def test_fd00_3_only_with_an_ipv6_host_resolver(tmp_path, text, has_v6):
     assert slirp4netns.host_has_v6_resolver(str(path)) is has_v6
 
 
-# -- the handle, against a fake slirp4netns -------------------------------------------------------
+# -- the handle, against the real slirp4netns ------------------------------------------------------
+#
+# Each test owns two fresh network namespaces: "host", where slirp4netns runs
+# and publishes (its loopback is the only host side the test touches), and
+# "sandbox", where it creates tap0. slirp4netns is started from the thread
+# that stays in "host" for the whole test: PDEATHSIG follows that thread.
 
-FAKE = r'''#!{python}
-import os, select, signal, sys, time
-opts = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
-mode = {mode!r}
-print("Starting slirp\n* MTU:             65520", flush=True)
-if mode == "fail":
-    sys.stderr.write('open("/dev/net/tun"): Permission denied\nchild failed(1)\n')
-    print("Usage: slirp4netns [OPTION]... PID|PATH [TAPNAME]\n-c, --configure  bring up the interface")
-    sys.exit(1)
-if mode == "stubborn":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-if mode != "never-ready":
-    os.write(int(opts["ready-fd"]), b"1")
-    os.close(int(opts["ready-fd"]))
-if mode == "stubborn":
-    while True:
-        time.sleep(60)
-select.select([int(opts["exit-fd"])], [], [])
-print("exitfd event", flush=True)
-sys.exit(0)
-'''
+needs_real_slirp = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("slirp4netns") is None or shutil.which("ip") is None,
+    reason="needs root (fresh network namespaces; CI runs as root), slirp4netns and ip")
+
+ROOTFUL_CONFIG = Config(command=("true",), caller_uid=0, caller_gid=0, rootful=True)
 
 
 @pytest.fixture
-def fake(tmp_path, monkeypatch):
+def namespaces(tmp_path, monkeypatch):
+    """(host, sandbox): fds of two fresh network namespaces, lo up in host; slirp's files under tmp_path."""
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.setenv("TMPDIR", str(tmp_path))
+    host, sandbox = freshnet.new_netns(), freshnet.new_netns()
+    freshnet.sh(host, "ip link set lo up")
+    yield host, sandbox
+    os.close(host)
+    os.close(sandbox)
+
+
+def _in_host(host: int, body) -> None:
+    """body(start) in the host netns, where start(netns_fd) starts slirp4netns (rootful form) for that
+    namespace; whatever it started is stopped before the thread ends."""
     handles: list[Slirp4netnsHandle] = []
 
-    def start(mode: str, cfg: Config | None = None) -> Slirp4netnsHandle:
-        path = tmp_path / f"slirp4netns-{mode}"
-        path.write_text(FAKE.format(python=sys.executable, mode=mode))
-        path.chmod(0o755)
-        handle = Slirp4netnsBackend().start(ROOTLESS, cfg or config(), probe(path=str(path)))
-        handles.append(handle)
-        return handle
+    def start(netns_fd: int) -> Slirp4netnsHandle:
+        target = Target(pid=os.getpid(), rootful=True, netns_fd=netns_fd)
+        handles.append(Slirp4netnsBackend().start(target, ROOTFUL_CONFIG))
+        return handles[-1]
 
-    yield start
-    for handle in handles:
-        handle.stop(timeout=0.5)
+    def run() -> None:
+        try:
+            body(start)
+        finally:
+            for handle in handles:
+                handle.stop(timeout=1)
 
-
-def test_ready_then_clean_stop_through_the_exit_fd(fake):
-    handle = fake("normal")
-    workdir = os.path.dirname(handle.api_socket)
-    assert os.stat(workdir).st_mode & 0o777 == 0o700
-    info = handle.wait_ready(5)
-    assert (info.interface, info.addresses, info.gateways, info.dns) == (
-        "tap0", ("10.0.2.100/24",), ("10.0.2.2",), ("10.0.2.3",))
-    assert handle.poll() is None
-    started = time.monotonic()
-    handle.stop(timeout=5)
-    assert time.monotonic() - started < 2  # it left on its own: no deadline, no force
-    assert handle.poll() == 0
-    assert not os.path.exists(workdir)
+    freshnet.run_in(host, run)
 
 
-def test_failure_before_ready_carries_its_output(fake):
-    handle = fake("fail")
-    with pytest.raises(NetwrapError) as caught:
+@needs_real_slirp
+def test_ready_then_clean_stop_through_the_exit_fd(namespaces):
+    host, sandbox = namespaces
+
+    def body(start):
+        handle = start(sandbox)
+        workdir = os.path.dirname(handle.api_socket)
+        assert os.stat(workdir).st_mode & 0o777 == 0o700
+        info = handle.wait_ready(5)
+        assert (info.interface, info.addresses, info.gateways, info.dns) == (
+            "tap0", ("10.0.2.100/24",), ("10.0.2.2",), ("10.0.2.3",))
+        # "Ready" means tap0 is there and configured, as the sandbox's kernel sees it.
+        assert "inet 10.0.2.100/24 " in freshnet.sh(sandbox, "ip -o -4 addr show dev tap0")
+        assert "default via 10.0.2.2 dev tap0" in freshnet.sh(sandbox, "ip -4 route show default")
+        assert handle.poll() is None
+        started = time.monotonic()
+        handle.stop(timeout=5)
+        assert time.monotonic() - started < 2  # it left on its own: no deadline, no force
+        assert handle.poll() == 0
+        assert not os.path.exists(workdir)
+
+    _in_host(host, body)
+
+
+@needs_real_slirp
+def test_failure_before_ready_carries_its_output(namespaces):
+    host, _ = namespaces
+    not_a_netns = os.open("/etc/hostname", os.O_RDONLY | os.O_CLOEXEC)
+
+    def body(start):
+        handle = start(not_a_netns)
+        with pytest.raises(NetwrapError) as caught:
+            handle.wait_ready(5)
+        # slirp4netns's own words, as 1.2.0 prints them.
+        assert str(caught.value) == ("slirp4netns exited (exit status 1) before it was ready: "
+                                     "setns(CLONE_NEWNET): Invalid argument; child failed(1)")
+        assert not os.path.exists(os.path.dirname(handle.api_socket))
+
+    try:
+        _in_host(host, body)
+    finally:
+        os.close(not_a_netns)
+
+
+@needs_real_slirp
+def test_not_ready_in_time_is_stopped(namespaces, tmp_path, monkeypatch):
+    host, _ = namespaces
+    tag = f"slirp-not-ready-{os.getpid()}"
+    monkeypatch.setenv("NETWRAP_TEST_TAG", tag)  # slirp4netns and its child inherit it
+    # The "namespace" is a FIFO without a writer: slirp4netns's open() of
+    # /proc/self/fd/N blocks there for good, so it never gets to "ready".
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    blocking = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def body(start):
+        handle = start(blocking)
+        with pytest.raises(NetwrapError, match=r"^slirp4netns did not become ready within 0.3 s$"):
+            handle.wait_ready(0.3)
+        status = handle.poll()
+        assert status is not None
+        assert not os.path.exists(os.path.dirname(handle.api_socket))
+        # Its child, stuck in that open(), went with it.
+        deadline = time.monotonic() + 2
+        while (left := tagged_processes(tag)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left == []
+
+    try:
+        _in_host(host, body)
+    finally:
+        os.close(blocking)
+        for left in tagged_processes(tag):  # only if the test failed
+            left.kill()
+
+
+@needs_real_slirp
+def test_stop_forces_after_the_deadline(namespaces):
+    host, sandbox = namespaces
+
+    def body(start):
+        handle = start(sandbox)
         handle.wait_ready(5)
-    message = str(caught.value)
-    assert message == ('slirp4netns exited (exit status 1) before it was ready: '
-                       'open("/dev/net/tun"): Permission denied; child failed(1)')
-    assert not os.path.exists(os.path.dirname(handle.api_socket))
+        # A stopped process neither sees its exit fd close nor acts on
+        # SIGTERM: the deadline must pass and SIGKILL end it.
+        os.kill(handle.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        handle.stop(timeout=0.2)
+        assert time.monotonic() - started >= 0.2
+        status = handle.poll()
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+    _in_host(host, body)
 
 
-def test_not_ready_in_time_is_stopped(fake):
-    handle = fake("never-ready")
-    with pytest.raises(NetwrapError, match=r"did not become ready within 0.3 s"):
-        handle.wait_ready(0.3)
-    assert handle.poll() is not None
+@needs_real_slirp
+def test_diagnostics_leave_out_chatter(namespaces):
+    host, sandbox = namespaces
+
+    def body(start):
+        handle = start(sandbox)
+        handle.wait_ready(5)
+        handle.unpublish(handle.publish("tcp", _free_port(), 80, "127.0.0.1"))  # the API's chatter too
+        handle.stop()
+        assert "api_handler: got request" in b"".join(handle.process._output).decode()  # it did talk
+        assert handle.diagnostics() == ""
+
+    _in_host(host, body)
 
 
-def test_stop_forces_after_the_deadline(fake):
-    handle = fake("stubborn")
-    handle.wait_ready(5)
-    handle.stop(timeout=0.2)
-    status = handle.poll()
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+# -- publishing through the real API socket -------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def test_diagnostics_leave_out_chatter(fake):
-    handle = fake("normal")
-    handle.wait_ready(5)
-    handle.stop()
-    assert handle.diagnostics() == ""
+def _serve_once(sandbox: int, port: int) -> tuple[threading.Thread, list[tuple]]:
+    """A TCP server in the sandbox on port: answers b"<peer address> " + what it read; its record."""
+    def listen() -> socket.socket:
+        s = socket.socket()
+        s.bind(("0.0.0.0", port))
+        s.listen()
+        return s
+
+    listener = freshnet.run_in(sandbox, listen)
+    listener.settimeout(10)
+    seen: list[tuple] = []
+
+    def serve() -> None:
+        with listener:
+            conn, peer = listener.accept()
+            with conn:
+                data = b""
+                while chunk := conn.recv(4096):  # the client's SHUT_WR ends the request
+                    data += chunk
+                seen.append((peer[0], conn.getsockname(), data))
+                conn.sendall(peer[0].encode() + b" " + data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread, seen
 
 
-# -- publishing through the API socket ------------------------------------------------------------
-
-def _api_server(path: str, reply: dict) -> list[dict]:
-    seen: list[dict] = []
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(path)
-    server.listen()
-
-    def serve():
-        conn, _ = server.accept()
-        with conn, server:
-            data = b""
-            while chunk := conn.recv(4096):  # the client's SHUT_WR ends the request
-                data += chunk
-            seen.append(json.loads(data))
-            conn.sendall(json.dumps(reply).encode())
-
-    threading.Thread(target=serve, daemon=True).start()
-    return seen
+def _ask(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        return reply
 
 
-def test_publish_sends_add_hostfwd(fake):
-    handle = fake("normal")
-    handle.wait_ready(5)
-    seen = _api_server(handle.api_socket, {"return": {"id": 7}})
-    assert handle.publish("tcp", 8080, 80) == 7
-    assert seen == [{"execute": "add_hostfwd", "arguments": {
-        "proto": "tcp", "host_addr": "0.0.0.0", "host_port": 8080, "guest_port": 80}}]
+@needs_real_slirp
+def test_publish_forwards_a_host_port_into_the_sandbox(namespaces):
+    host, sandbox = namespaces
+
+    def body(start):
+        handle = start(sandbox)
+        handle.wait_ready(5)
+        server, seen = _serve_once(sandbox, 8080)
+        port = _free_port()
+        rule = handle.publish("tcp", port, 8080, "127.0.0.1")
+        assert handle.published() == [{"id": rule, "proto": "tcp", "host_addr": "127.0.0.1", "host_port": port,
+                                        "guest_addr": "10.0.2.100", "guest_port": 8080}]
+        # libslirp connects from its gateway address to the sandbox's own.
+        assert _ask(port, b"hello through slirp") == b"10.0.2.2 hello through slirp"
+        server.join(5)
+        assert seen == [("10.0.2.2", ("10.0.2.100", 8080), b"hello through slirp")]
+
+    _in_host(host, body)
 
 
-def test_publish_error_is_named(fake):
-    handle = fake("normal")
-    handle.wait_ready(5)
-    _api_server(handle.api_socket, {"error": {"desc": "bad request: add_hostfwd: bad arguments.proto"}})
-    with pytest.raises(NetwrapError, match=r"slirp4netns API \(add_hostfwd\): bad request: .*proto"):
-        handle.publish("sctp", 1, 2)
+@needs_real_slirp
+def test_unpublish_removes_the_forward(namespaces):
+    host, sandbox = namespaces
+
+    def body(start):
+        handle = start(sandbox)
+        handle.wait_ready(5)
+        port = _free_port()
+        first = handle.publish("tcp", port, 8080, "127.0.0.1")
+        second = handle.publish("udp", port, 53, "127.0.0.1")
+        assert first != second
+        handle.unpublish(first)
+        assert [(e["id"], e["proto"], e["host_port"], e["guest_port"]) for e in handle.published()] == [
+            (second, "udp", port, 53)]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+    _in_host(host, body)
+
+
+@needs_real_slirp
+def test_publish_error_is_named(namespaces):
+    host, sandbox = namespaces
+
+    def body(start):
+        handle = start(sandbox)
+        handle.wait_ready(5)
+        with pytest.raises(NetwrapError) as caught:
+            handle.publish("sctp", 1, 2)
+        assert str(caught.value) == "slirp4netns API (add_hostfwd): bad request: add_hostfwd: bad arguments.proto"
+        with pytest.raises(NetwrapError) as caught:
+            handle.unpublish(4242)
+        assert str(caught.value) == ("slirp4netns API (remove_hostfwd): "
+                                     "bad request: remove_hostfwd: bad arguments.id")
+
+    _in_host(host, body)
+
+
+@pytest.mark.parametrize("data, result", [
+    (b'{"return": {"id": 7}}', {"id": 7}),
+    (b'{"return":{}}', {}),
+    (b'{"entries":[{"id":1,"proto":"tcp"}]}', {"entries": [{"id": 1, "proto": "tcp"}]}),  # 1.2.0's list_hostfwd
+])
+def test_api_reply_from_bytes(data, result):
+    assert slirp4netns.api_reply("x", data) == result
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"error":{"desc":"bad request: add_hostfwd: bad arguments.proto"}}',
+     "slirp4netns API (add_hostfwd): bad request: add_hostfwd: bad arguments.proto"),
+    (b'{"error":"nope"}', "slirp4netns API (add_hostfwd): nope"),
+    (b'', "slirp4netns API (add_hostfwd): bad reply b''"),
+    (b'[1]', "slirp4netns API (add_hostfwd): bad reply b'[1]'"),
+    (b'{"return": {"id": 7', """slirp4netns API (add_hostfwd): bad reply b'{"return": {"id": 7'"""),
+])
+def test_api_error_replies_are_named(data, message):
+    with pytest.raises(NetwrapError) as caught:
+        slirp4netns.api_reply("add_hostfwd", data)
+    assert str(caught.value) == message

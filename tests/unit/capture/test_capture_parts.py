@@ -1,4 +1,4 @@
-"""The capture's pure parts: flags and paths, BPF programs, egress synthesis, wire matching."""
+"""The capture's pure parts: flags and paths, egress synthesis, wire matching (BPF: test_bpf.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import sys
 import pytest
 
 from netwrap.cli import options as cli
-from netwrap.capture import bpf
 from netwrap.capture import fields as packet_fields
 from netwrap.capture.spec import CaptureSpec, parse_capture
 from netwrap.capture.egress import Addressing, EgressSynthesiser, host_resolver_forwarders
@@ -123,106 +122,6 @@ def test_capture_flags_do_not_load_pcapng_until_the_run(tmp_path):
             "import sys; print('pcapng' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "False", done.stderr
-
-
-# -- BPF ---------------------------------------------------------------------------------------
-
-def test_bpf_programs_assemble_to_whole_instructions():
-    for program in (bpf.loopback_redirected(), bpf.ip_except_loopback_echo(1)):
-        assert len(program) % 8 == 0
-        insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
-        assert insns[-1][0] == 0x06  # ends with a return
-        for pc, (code, jt, jf, _k) in enumerate(insns):
-            if code & 0x07 == 0x05:  # a jump lands inside the program
-                assert pc + 1 + max(jt, jf) < len(insns)
-
-
-def _run_bpf(program: bytes, packet: bytes, *, pkttype: int = 0, ifindex: int = 2, protocol: int = 0x0800) -> bool:
-    """A tiny classic-BPF interpreter for the instructions netwrap.capture.bpf emits: kept?"""
-    insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
-    ancillary = {bpf.AD_PKTTYPE: pkttype, bpf.AD_IFINDEX: ifindex, bpf.AD_PROTOCOL: protocol}
-    a = x = pc = 0
-    while True:
-        code, jt, jf, k = insns[pc]
-        pc += 1
-        if code in (0x20, 0x28, 0x30):  # ld w/h/b [k]
-            size = {0x20: 4, 0x28: 2, 0x30: 1}[code]
-            if k in ancillary:
-                a = ancillary[k]
-            elif k + size > len(packet):
-                return False  # the kernel drops a packet it cannot load from
-            else:
-                a = int.from_bytes(packet[k:k + size], "big")
-        elif code == 0x07:
-            x = a
-        elif code == 0x87:
-            a = x
-        elif code == 0x54:
-            a &= k
-        elif code in (0x15, 0x1D):
-            pc += jt if a == (k if code == 0x15 else x) else jf
-        elif code == 0x05:
-            pc += k
-        elif code == 0x06:
-            return k != 0
-        else:
-            raise AssertionError(f"opcode {code:#x}")
-
-
-def _ip4(src: str, dst: str) -> bytes:
-    return _tcp_v4(V4(src), V4(dst), 1000, 80, 0x02)
-
-
-def _ip6(src: str, dst: str) -> bytes:
-    return (struct.pack("!IHBB", 0x60000000, 0, 59, 64) + socket.inet_pton(socket.AF_INET6, src)
-            + socket.inet_pton(socket.AF_INET6, dst))
-
-
-def _eth6(ip: bytes) -> bytes:
-    return b"\0" * 12 + b"\x86\xdd" + ip
-
-
-@pytest.mark.parametrize("packet, pkttype, kept", [
-    (_ether(_ip4("10.0.2.100", "93.184.215.14")), 0, True),  # redirected: the real peer
-    (_ether(_ip4("93.184.215.14", "10.0.2.100")), 0, True),
-    (_ether(_ip4("10.0.2.100", "93.184.215.14")), 4, False),  # lo's outgoing copy
-    (_ether(_ip4("127.0.0.1", "127.0.0.53")), 0, False),  # loopback chatter
-    (_ether(_ip4("10.0.2.100", "10.0.2.100")), 0, False),  # to itself
-    (_eth6(_ip6("fd00::100", "2606:4700::1111")), 0, True),
-    (_eth6(_ip6("::1", "::1")), 0, False),
-    (b"\0" * 12 + b"\x08\x06" + b"\0" * 28, 0, False),  # ARP
-], ids=["out", "in", "outgoing-copy", "loopback", "self", "v6", "v6-loopback", "arp"])
-def test_loopback_filter_keeps_only_redirected_flows(packet, pkttype, kept):
-    assert _run_bpf(bpf.loopback_redirected(), packet, pkttype=pkttype) is kept
-
-
-@pytest.mark.parametrize("ethernet", [True, False], ids=["ethernet", "raw-ip"])
-def test_internal_networks_filter_drops_the_relays_plumbing(ethernet):
-    program = bpf.except_networks(["10.0.2.128/25", "fd00::1:0/112"], ethernet=ethernet)
-    wrap = _ether if ethernet else (lambda ip: ip)
-    wrap6 = _eth6 if ethernet else (lambda ip: ip)
-    assert _run_bpf(program, wrap(_ip4("10.0.2.100", "93.184.215.14")))
-    assert not _run_bpf(program, wrap(_ip4("10.0.2.129", "10.0.2.100")))
-    assert not _run_bpf(program, wrap(_ip4("10.0.2.100", "10.0.2.255")))
-    assert _run_bpf(program, wrap(_ip4("10.0.2.100", "10.0.2.127")))
-    assert _run_bpf(program, wrap6(_ip6("fd00::100", "2606:4700::1111")))
-    assert not _run_bpf(program, wrap6(_ip6("fd00::1:5", "fd00::100")))
-    assert not _run_bpf(program, wrap6(_ip6("fd00::100", "fd00::1:ffff")))
-    assert _run_bpf(program, wrap6(_ip6("fd00::100", "fd00::2:1")))
-
-
-def test_host_filter_keeps_ip_and_lo_arrivals():
-    program = bpf.ip_except_loopback_echo(1)
-    packet = _ether(_ip4("192.0.2.2", "93.184.215.14"))
-    assert _run_bpf(program, packet, ifindex=2, pkttype=4)
-    assert _run_bpf(program, packet, ifindex=1, pkttype=0)
-    assert not _run_bpf(program, packet, ifindex=1, pkttype=4)
-    assert not _run_bpf(program, packet, protocol=0x0806)
-
-
-def test_bpf_label_out_of_range_is_refused():
-    with pytest.raises(ValueError):
-        bpf.assemble([("back",), (0x06, 0), (0x15, 1, "back", None)])
 
 
 # -- egress synthesis ----------------------------------------------------------------------------
