@@ -213,21 +213,28 @@ class CaptureSession:
 
     # ----------------------------------------------------------- stopping
 
-    def stop(self) -> list[ViewSummary]:
-        """End the capture (idempotent); the summary of each view."""
+    def stop(self, deadline: float | None = None) -> list[ViewSummary]:
+        """End the capture by `deadline` (time.monotonic(); idempotent); the summary of each view.
+
+        The reader lingers until the rings are quiet (at most LINGER_S), then
+        the writers flush; what is still queued at the deadline is dropped and
+        counted. A reader still running then is abandoned with its rings open.
+        """
         if self._summaries is not None:
             return self._summaries
+        if deadline is None:
+            deadline = time.monotonic() + LINGER_S + 2.0 + WRITER_DEADLINE_S
         if self._thread is not None:
             self._stopping.set()
             try:
                 os.write(self._wake_w, b"x")
             except OSError:
                 pass
-            self._thread.join(LINGER_S + 2.0)
+            # The writers get the last WRITER_DEADLINE_S before the deadline.
+            self._thread.join(max(0.0, deadline - WRITER_DEADLINE_S - time.monotonic()))
         rings = [r for r in (self._child_ring, self._lo_ring, self._host_ring) if r is not None]
         stats = {id(r): r.statistics() for r in rings}
         tap_stats = self._tap_stats(stats)
-        deadline = time.monotonic() + WRITER_DEADLINE_S
         summaries = []
         for name, view in self.views.items():
             summaries.append(ViewSummary(name, view.writer.stop(deadline, tap_stats.get(name, {}))))
