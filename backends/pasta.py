@@ -11,9 +11,18 @@ routes are configured. The pid file is a FIFO we hold open for reading, so
 "ready" is a readable fd, not a poll; pasta dying first shows up as EOF on its
 output pipe.
 
+Addressing: the sandbox gets slirp4netns' and tunrelay's layout (10.0.2.100/24
+via 10.0.2.2, fd00::100/64 via fd00::2, DNS at 10.0.2.3) rather than pasta's
+default copy of the host's own address and gateway. A copied address shadows
+the host: a connection to the host's address would stay inside the sandbox,
+so a host service bound to 0.0.0.0 would be unreachable under pasta and
+reachable under the other backends. 10.0.2.0/24 and fd00::/64 are what
+slirp4netns uses; one picture for every backend.
+
 Host loopback: pasta maps its gateway address to the host's loopback and
 forwards namespace-loopback ports to the host (-T/-U auto). Both are off
-unless the user asks for --allow-host-loopback.
+unless the user asks for --allow-host-loopback. The host's other addresses
+are reached like any peer's: pasta connects to them from the host.
 """
 
 from __future__ import annotations
@@ -30,9 +39,13 @@ from netwrap.errors import NetwrapError
 from netwrap.linux.commands import searched, which
 from netwrap.linux.scratch import make_private_dir, remove_private_dir
 
+# The sandbox's addresses: the same as slirp4netns and tunrelay (see above).
+ADDRESS_V4, PREFIX_V4, GATEWAY_V4 = "10.0.2.100", 24, "10.0.2.2"
+ADDRESS_V6, GATEWAY_V6 = "fd00::100", "fd00::2"
+
 # The sandbox's resolver: pasta answers DNS sent here by forwarding it to the
 # host's first resolver, also one on the host's loopback (127.0.0.53).
-DNS_FORWARD_V4 = "169.254.0.53"
+DNS_FORWARD_V4 = "10.0.2.3"
 
 # Options every build we support has; a missing one is named in the error.
 REQUIRED_OPTIONS = ("foreground", "config-net", "pid", "tcp-ports", "udp-ports", "tcp-ns", "udp-ns")
@@ -74,6 +87,9 @@ class PastaBackend:
         argv = [probe.path or "pasta", "--foreground", "--config-net", "--pid", pidfile]
         if config.verbosity <= 0:
             argv.append("--quiet")
+        # Our own addresses, not copies of the host's (which would shadow it).
+        argv += ["--address", ADDRESS_V4, "--netmask", str(PREFIX_V4), "--gateway", GATEWAY_V4,
+                 "--address", ADDRESS_V6, "--gateway", GATEWAY_V6]
         # Nothing from the host into the sandbox until ports are published.
         argv += ["--tcp-ports", "none", "--udp-ports", "none"]
         if config.allow_host_loopback:
@@ -133,7 +149,9 @@ class PastaHandle(DelegatesToProcess):
         # The pid FIFO has done its job: nothing of ours is left on
         # disk for the rest of the run, even if netwrap is SIGKILLed.
         remove_private_dir(self._workdir)
-        return NetworkInfo(dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
+        return NetworkInfo(addresses=(f"{ADDRESS_V4}/{PREFIX_V4}", f"{ADDRESS_V6}/64"),
+                           gateways=(GATEWAY_V4, GATEWAY_V6),
+                           dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
 
     def stop(self, timeout: float = 2.0) -> None:
         self.process.stop(timeout)

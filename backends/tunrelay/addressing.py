@@ -14,21 +14,21 @@ picture):
 
 Decisions are per new flow (not per packet): :class:`Destinations` turns
 (protocol, destination) into a core Verdict: pass, redirect, or reject.  The
-relay must never become a way into the host: loopback, IPv4-mapped and
-unspecified destinations are refused, and so are the host's own addresses
-unless the user opened host loopback (a service bound to 0.0.0.0 is as
-reachable through them as through 127.0.0.1).
+relay must never become a way into the host's loopback: 127.0.0.0/8, ::1,
+IPv4-mapped and unspecified destinations are refused (the gateway reaches
+host loopback only with --allow-host-loopback). The host's other addresses,
+those on its `lo` outside 127.0.0.0/8 included, are reached like any peer's,
+as from another machine and as under slirp4netns and pasta: a service bound
+only to loopback is not reachable through them, and the policy
+(--block-private, --offline) refuses them when asked.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import socket
-from collections import OrderedDict
-from typing import Callable
 
 from .nat import ALLOW, REJECT, Verdict
-from .packets import ICMP, ICMPV6, TCP, UDP, address_family
+from .packets import ICMP, ICMPV6, TCP, UDP
 
 TUN_NAME = "tun0"
 MTU = 65520
@@ -70,41 +70,6 @@ def first_resolver(resolv_conf_text: str) -> str:
     return found[0] if found else "127.0.0.1"  # what the C library uses with none
 
 
-class LocalAddressCache:
-    """Is an address one of the host's own?  Asked of the kernel: a UDP socket
-    connected to it gets the address itself as source exactly when the
-    destination is local.  Cached per address (bounded, with a lifetime), so
-    a flow to a known destination costs nothing."""
-
-    def __init__(self, clock: Callable[[], float], ttl: float = 10.0, size: int = 1024) -> None:
-        self._clock = clock
-        self._ttl = ttl
-        self._size = size
-        self._cache: OrderedDict[bytes, tuple[float, bool]] = OrderedDict()
-
-    def __call__(self, addr: bytes) -> bool:
-        now = self._clock()
-        hit = self._cache.get(addr)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1]
-        local = _is_local(addr)
-        self._cache[addr] = (now, local)
-        self._cache.move_to_end(addr)
-        while len(self._cache) > self._size:
-            self._cache.popitem(last=False)
-        return local
-
-
-def _is_local(addr: bytes) -> bool:
-    family = address_family(addr)
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.connect((socket.inet_ntop(family, addr), 9))
-            return socket.inet_pton(family, s.getsockname()[0]) == addr
-    except OSError:
-        return False  # no route: not local, and the real connect will say why
-
-
 _SUBNET4 = ipaddress.ip_network(SUBNET_V4)
 _SUBNET6 = ipaddress.ip_network(SUBNET_V6)
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
@@ -119,12 +84,10 @@ class Destinations:
     protocol number; echo has dport 0.
     """
 
-    def __init__(self, *, resolver: str, allow_host_loopback: bool,
-                 is_local: Callable[[bytes], bool] = lambda a: False) -> None:
+    def __init__(self, *, resolver: str, allow_host_loopback: bool) -> None:
         r = ipaddress.ip_address(resolver)
         self.resolver = (r.packed, 53)
         self.allow_host_loopback = allow_host_loopback
-        self._is_local = is_local
         self._gw = {packed(GATEWAY_V4): packed(LOOPBACK[4]), packed(GATEWAY_V6): packed(LOOPBACK[6])}
         self._dns = {packed(DNS_V4), packed(DNS_V6)}
 
@@ -148,8 +111,6 @@ class Destinations:
                 return Verdict(REJECT, reject="host" if ip in _SUBNET4 else "admin")
         elif ip in _SUBNET6 or ip in _MAPPED or ip in _COMPAT or ip.is_link_local:
             return Verdict(REJECT, reject="host" if ip in _SUBNET6 else "admin")
-        if not self.allow_host_loopback and self._is_local(dst):
-            return Verdict(REJECT, reject="admin")
         return None
 
     def policy(self, pkt) -> Verdict:

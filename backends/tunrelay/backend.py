@@ -29,7 +29,6 @@ import resource
 import socket
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from netwrap import __version__
@@ -185,7 +184,6 @@ class TunrelayHandle:
             destinations = A.Destinations(
                 resolver=A.first_resolver(read_host_file("/etc/resolv.conf")),
                 allow_host_loopback=config.allow_host_loopback,
-                is_local=A.LocalAddressCache(time.monotonic),
             )
             info = NetworkInfo(interface=A.TUN_NAME,
                                addresses=(f"{A.ADDRESS_V4}/{A.PREFIX_V4}", f"{A.ADDRESS_V6}/{A.PREFIX_V6}"),

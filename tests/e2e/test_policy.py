@@ -174,18 +174,27 @@ def test_block_private(world: World, backend: str, as_user: bool) -> None:
 # loopback (pasta can forward it), the gateways pasta and slirp4netns map to
 # the host, the host's own addresses (a backend connects to them from the host).
 HOST_EXPOSING = ["127.0.0.1", "::1", "192.0.2.1", "2001:db8:ff::1", "10.0.2.2", "fd00::2",
-                 World.HOST_V4, World.HOST_V6]
+                 World.HOST_V4, World.HOST_V6, World.HOST_LO_V4, World.HOST_LO_V6]
+# The host's own addresses (its interface's, and its lo's outside 127/8 and ::1).
+HOST_OWN = [World.HOST_V4, World.HOST_V6, World.HOST_LO_V4, World.HOST_LO_V6]
 
 
-def test_block_private_closes_every_way_to_the_host(world: World, backend: str, as_user: bool) -> None:
-    # A service on all of the host's addresses: without --block-private some
-    # backends reach it through the host's own address; with it, none does.
+@pytest.mark.parametrize("preset", ["--block-private", "--offline"])
+def test_block_private_closes_every_way_to_the_host(world: World, backend: str, as_user: bool, preset: str) -> None:
+    # A service on all of the host's addresses: without a preset every backend
+    # reaches it through the host's own addresses; with one, none does.
     port = 20000 + (os.getpid() * 11 + int(time.time())) % 20000
     with world.spawn_server(ns="host", http=[("::", port)]) as server:
-        actions = [["tcp", a, port] for a in HOST_EXPOSING]
-        results = probe(world, backend, ["--block-private"], actions, user=as_user)
-        seen = server.log("http")
-    assert [a for a, r in zip(HOST_EXPOSING, results) if r["result"] == "ok"] == [], results
+        def url(a: str) -> list:
+            return http(f"http://[{a}]:{port}/hello" if ":" in a else f"http://{a}:{port}/hello")
+        open_results = probe(world, backend, [], [url(a) for a in HOST_OWN], user=as_user)
+        reached = server.log("http")
+        results = probe(world, backend, [preset], [url(a) for a in HOST_EXPOSING], user=as_user)
+        seen = server.log("http")[len(reached):]
+    # Without a preset: reached, and the host's server logged each address.
+    assert [r["result"] for r in open_results] == ["ok 200 hello from the world"] * len(HOST_OWN), open_results
+    assert sorted(r["local"] for r in reached) == sorted(HOST_OWN)
+    assert [a for a, r in zip(HOST_EXPOSING, results) if r["result"].startswith("ok")] == [], results
     # Refused, each of them: an error, not a timeout.
     assert [r["result"] for r in results if r["result"] == "TimeoutError"] == [], list(zip(HOST_EXPOSING, results))
     assert seen == []
@@ -206,6 +215,35 @@ def test_block_metadata(world: World, backend: str, as_user: bool, target: str, 
     [blocked] = probe(world, backend, ["--block-metadata"], [http(f"http://{target}/hello")], user=as_user)
     assert refused(blocked), blocked
     assert world.http_log(since=mark) == []
+
+
+@pytest.fixture
+def metadata_on_host_lo(world: World):
+    """169.254.169.254 on the world host's lo (as some cloud agents set it up), for one test."""
+    added = world.run(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], user=False)
+    assert added.returncode == 0, added.stderr
+    try:
+        yield "169.254.169.254"
+    finally:
+        world.run(["ip", "addr", "del", "169.254.169.254/32", "dev", "lo"], user=False)
+
+
+def test_block_metadata_on_the_hosts_lo(world: World, backend: str, as_user: bool, metadata_on_host_lo: str) -> None:
+    port = 20000 + (os.getpid() * 13 + int(time.time())) % 20000
+    url = http(f"http://{metadata_on_host_lo}:{port}/hello")
+    with world.spawn_server(ns="host", http=[(metadata_on_host_lo, port)]) as server:
+        mark = world.mark()
+        [plain] = probe(world, backend, [], [url], user=as_user)
+        reached = server.log("http")
+        [blocked] = probe(world, backend, ["--block-metadata"], [url], user=as_user)
+        seen = server.log("http")[len(reached):]
+    # A host address like any other: reached without the preset ...
+    assert plain["result"] == "ok 200 hello from the world", plain
+    assert [r["local"] for r in reached] == [metadata_on_host_lo]
+    # ... and refused with it, at once, the host's server seeing nothing.
+    assert refused(blocked), blocked
+    assert seen == []
+    assert world.http_log(since=mark) == []  # nor did the world's internet
 
 
 # -- rules ---------------------------------------------------------------------------------------------

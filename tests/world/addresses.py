@@ -29,6 +29,10 @@ LINK_V4_NET = "192.0.2.0/24"
 HOST_V6 = "2001:db8:ff::2"
 INET_V6 = "2001:db8:ff::1"
 LINK_V6_NET = "2001:db8:ff::/64"
+# Addresses of the host on its own lo, outside 127.0.0.0/8 and ::1 (as a
+# service address or an anycast one would be): the host's, not loopback.
+HOST_LO_V4 = "192.0.2.200"
+HOST_LO_V6 = "2001:db8:ff::200"
 
 # The host's loopback stub resolver, like systemd-resolved's.
 HOST_RESOLVER = "127.0.0.53"

@@ -68,6 +68,8 @@ class World:
     ECHO_PORT = addresses.ECHO_PORT
     HOST_V4 = addresses.HOST_V4
     HOST_V6 = addresses.HOST_V6
+    HOST_LO_V4 = addresses.HOST_LO_V4
+    HOST_LO_V6 = addresses.HOST_LO_V6
     HOST_RESOLVER = addresses.HOST_RESOLVER
 
     def __init__(self, *, tmp: Path, host_ns: str, inet_ns: str, user: TestUser, ca_file: Path,

@@ -1,6 +1,7 @@
 """The world's two network namespaces and the veth between them.
 
-    host  (nwh<pid>)  lo, nwveth0 192.0.2.2/24 2001:db8:ff::2/64, default via the veth
+    host  (nwh<pid>)  lo (+ 192.0.2.200/32 2001:db8:ff::200/128), nwveth0 192.0.2.2/24 2001:db8:ff::2/64,
+                      default via the veth
     inet  (nwi<pid>)  lo, nwveth1 192.0.2.1/24 2001:db8:ff::1/64, every address local
 
 The internet namespace answers every address: `local 0.0.0.0/0 dev lo` and
@@ -20,8 +21,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .addresses import (HOST_IF, HOST_V4, HOST_V6, INET_IF, INET_V4, INET_V6, LINK_V4_NET,
-                        LINK_V6_NET)
+from .addresses import (HOST_IF, HOST_LO_V4, HOST_LO_V6, HOST_V4, HOST_V6, INET_IF, INET_V4, INET_V6,
+                        LINK_V4_NET, LINK_V6_NET)
 
 NETNS_DIR = Path("/run/netns")
 IP_TIMEOUT = 20
@@ -91,6 +92,8 @@ def configure(host: str, inet: str) -> None:
     ip("-batch", "-", netns=host, stdin=(
         f"addr add {HOST_V4}/24 dev {HOST_IF}\n"
         f"addr add {HOST_V6}/64 dev {HOST_IF} nodad\n"
+        f"addr add {HOST_LO_V4}/32 dev lo\n"
+        f"addr add {HOST_LO_V6}/128 dev lo nodad\n"
         f"link set {HOST_IF} up\n"
         f"route add default via {INET_V4}\n"
         f"route add default via {INET_V6}\n"

@@ -157,3 +157,19 @@ def test_no_backend_module_imports_the_front_end():
     offenders = {str(p.relative_to(BACKENDS_DIR)): bad for p in modules
                  if (bad := front_end_imports(p.read_text(encoding="utf-8")))}
     assert offenders == {}
+
+
+def test_pasta_sandbox_has_its_own_addresses_not_the_hosts() -> None:
+    # pasta copies the host's address by default, which would shadow the host;
+    # the sandbox gets slirp4netns' layout instead, and DNS at 10.0.2.3.
+    from netwrap.backends import Probe, Target
+    from netwrap.config import Config
+    probe = Probe(available=True, path="/usr/bin/pasta",
+                  options=frozenset({"no-map-gw", "dns-forward", "foreground", "config-net", "pid"}))
+    argv = PastaBackend().argv(Target(pid=4242, rootful=False, netns_fd=-1),
+                               Config(command=("true",), rootful=False, caller_uid=1000, caller_gid=1000), probe, pidfile="PID")
+    pairs = list(zip(argv, argv[1:]))
+    assert [v for o, v in pairs if o == "--address"] == ["10.0.2.100", "fd00::100"]
+    assert [v for o, v in pairs if o == "--gateway"] == ["10.0.2.2", "fd00::2"]
+    assert ("--netmask", "24") in pairs and ("--dns-forward", "10.0.2.3") in pairs
+    assert "--no-map-gw" in argv and ("--tcp-ns", "none") in pairs and ("--udp-ns", "none") in pairs

@@ -44,6 +44,38 @@ def test_host_addresses_from_proc(monkeypatch):
                                                  "192.0.2.1", "2001:db8:ff::1"]
 
 
+# The world host with addresses on its lo outside 127.0.0.0/8 and ::1, as
+# /proc shows them (192.0.2.200/32, 169.254.169.254/32, 2001:db8:ff::200/128).
+FIB_TRIE_LO_ALIASES = """Main:
+  +-- 0.0.0.0/0 3 0 5
+     |-- 0.0.0.0
+        /0 universe UNICAST
+     +-- 127.0.0.0/8 2 0 2
+        |-- 127.0.0.1
+           /32 host LOCAL
+     |-- 169.254.169.254
+        /32 host LOCAL
+     +-- 192.0.2.0/24 2 0 2
+        |-- 192.0.2.0
+           /24 link UNICAST
+        |-- 192.0.2.2
+           /32 host LOCAL
+        |-- 192.0.2.200
+           /32 host LOCAL
+"""
+IF_INET6_LO_ALIASES = IF_INET6 + "20010db800ff00000000000000000200 01 80 00 80       lo\n"
+
+
+def test_host_addresses_include_the_hosts_lo_outside_loopback(monkeypatch):
+    # --block-private refuses every address of the host, those on its lo
+    # included (reached like the others), but not 127.0.0.1 or ::1 (the
+    # sandbox's own loopback, which the preset leaves alone).
+    files = {"/proc/net/fib_trie": FIB_TRIE_LO_ALIASES, "/proc/net/if_inet6": IF_INET6_LO_ALIASES}
+    monkeypatch.setattr(startup, "read_host_file", lambda path: files.get(path, ""))
+    assert sorted(startup.host_addresses(NetworkInfo())) == sorted(
+        ["169.254.169.254", "192.0.2.2", "192.0.2.200", "2001:db8:ff::2", "2001:db8:ff::200"])
+
+
 def test_start_resolution_uses_resolvers_and_hosts_files(monkeypatch):
     answers = {"www.example.test": ["93.184.215.14", "2606:4700::1111"]}
 
