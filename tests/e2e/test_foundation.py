@@ -72,12 +72,12 @@ def _probe_host(world: World, backend: str, as_user: bool, *flags: str) -> tuple
     closed = free_port()
     open_ = closed + 1
     with world.spawn_server(ns="host", http=[("127.0.0.1", closed), ("::1", closed), ("::", open_)]) as server:
-        script = PROBE.replace("print(json.dumps(out))", "print(json.dumps(out), flush=True)")
-        done = netwrap(world, backend, *flags, "--", "sh", "-c",
-                       f'"$0" -c "$1" {closed} {" ".join(HOST_EXPOSING)} && "$0" -c "$1" {open_} {" ".join(HOST_OWN)}',
-                       world.python, script, user=as_user)
+        targets = [f"{addr} {closed}" for addr in HOST_EXPOSING] + [f"{addr} {open_}" for addr in HOST_OWN]
+        done = netwrap(world, backend, *flags, "--", world.python, "-c", PROBE, *targets, user=as_user)
         assert done.returncode == 0, done.stderr
-        loopback, own = [json.loads(line) for line in done.stdout.splitlines()]
+        results = json.loads(done.stdout)
+        loopback = {addr: results[f"{addr} {closed}"] for addr in HOST_EXPOSING}
+        own = {addr: results[f"{addr} {open_}"] for addr in HOST_OWN}
         seen = server.log("http")
     assert {r["port"] for r in seen} <= {closed, open_}, seen
     return loopback, own, {"closed": [r for r in seen if r["port"] == closed],
