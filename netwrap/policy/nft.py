@@ -96,6 +96,21 @@ PROXY_MARK = 0x00200000
 DNS_PROXY_PRIORITY = -110
 LOG_PREFIX = "nw:"
 
+# How long an address a DNS answer gave for an allowed hostname stays in its
+# set: the answer's TTL, but at least LEARNED_TTL_FLOOR (a command, or its
+# resolver library, often keeps an answer a little past its TTL, and TTLs of
+# 0-5 s would have an address gone before the connect that looked it up)
+# and at most LEARNED_TTL_CAP (resolvers cap TTLs at a day or a week; a day
+# bounds how long a stale address stays open). Connections already open are
+# not affected: the output chain accepts established and related flows before
+# any set is consulted.
+LEARNED_TTL_FLOOR = 60
+LEARNED_TTL_CAP = 86400
+# Elements one hostname set holds at most (per family): a bound on what
+# answers can make the kernel keep. An addition beyond it fails and is
+# reported; the addresses already there stay until they expire.
+NAME_SET_SIZE = 4096
+
 # Flow-log tags of the presets; rule tags start at RULE_TAG_BASE.
 TAG_DNS = 1
 TAG_OFFLINE = 2
@@ -163,6 +178,11 @@ def name_sets(policy: Policy) -> dict[str, NameSets]:
     }
 
 
+def learned_timeout(ttl: int) -> int:
+    """Seconds an address learned from an answer with this TTL stays allowed."""
+    return min(max(ttl, LEARNED_TTL_FLOOR), LEARNED_TTL_CAP)
+
+
 def render_policy(
     policy: Policy,
     *,
@@ -197,7 +217,9 @@ def render_policy(
     for ns in sets.values():
         comment = _comment(ns.hostname)
         for set_name, addr_type in ((ns.v4, "ipv4_addr"), (ns.v6, "ipv6_addr")):
-            out.set(set_name, addr_type, interval=False,
+            # Addresses resolved at start have no TTL to go by: they stay for
+            # the run; those the DNS proxy learns later carry a timeout.
+            out.set(set_name, addr_type, interval=False, timeout=True, size=NAME_SET_SIZE,
                     elements=resolved.get(set_name, ()), comment=comment)
     allow_lines: list[_Line] = []
     for i, rule in enumerate(policy.allow_rules, start=1):
@@ -212,12 +234,14 @@ def render_policy(
 
 
 def render_name_update(
-    policy: Policy, hostname: str, addresses: Iterable[Union[str, IPAddress]]
+    policy: Policy, hostname: str, addresses: Iterable[Union[str, IPAddress]],
+    *, timeout: Optional[int] = None,
 ) -> str:
     """``nft -f`` input adding DNS answers for an allowed hostname.
 
-    Sets only grow during a run: a command may still hold an older answer
-    (round-robin, CDNs), and removing it would break its next connect.
+    With ``timeout`` (seconds, see learned_timeout) the kernel removes each
+    element that long after it was last added; adding it again restarts the
+    timeout. Without it the element stays for the run.
     Returns "" when there is nothing to add.
     """
     key = normalize_hostname_key(hostname)
@@ -226,8 +250,9 @@ def render_name_update(
         raise KeyError(f"{hostname!r} is not a hostname in any --allow rule")
     ns = sets[key]
     by_set = _split_addresses(ns, addresses)
+    suffix = f" timeout {timeout}s" if timeout is not None else ""
     return "".join(
-        f"add element {TABLE} {set_name} {{ {', '.join(elems)} }}\n"
+        f"add element {TABLE} {set_name} {{ {', '.join(e + suffix for e in elems)} }}\n"
         for set_name, elems in by_set.items()
         if elems
     )
@@ -253,12 +278,17 @@ class _Writer:
         interval: bool,
         elements: Iterable[str],
         comment: Optional[str] = None,
+        timeout: bool = False,
+        size: Optional[int] = None,
     ) -> None:
         elems = list(elements)
         self.line(1, f"set {name} {{")
         self.line(2, f"type {addr_type}")
-        if interval:
-            self.line(2, "flags interval")
+        flags = [f for f, wanted in (("interval", interval), ("timeout", timeout)) if wanted]
+        if flags:
+            self.line(2, f"flags {', '.join(flags)}")
+        if size is not None:
+            self.line(2, f"size {size}")
         if elems:
             self.line(2, f"elements = {{ {', '.join(elems)} }}")
         if comment:
