@@ -32,9 +32,10 @@ MAX_DATAGRAM = 65535
 class _Endpoint:
     """One resolver's proxy: its core and its two sockets."""
 
-    def __init__(self, resolver: IPAddress, port: int, listen: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, resolver: IPAddress, port: int, listen: socket.socket, upstream: socket.socket,
+                 refuse: Callable[[str], bool] | None = None) -> None:
         self.address = (str(resolver), port)
-        self.core = core.DnsProxy(resolver=self.address)
+        self.core = core.DnsProxy(resolver=self.address, refuse=refuse)
         self.listen = listen
         self.upstream = upstream
         self.port: int = listen.getsockname()[1]
@@ -42,12 +43,14 @@ class _Endpoint:
 
 class DnsProxyService:
     def __init__(self, *, open_socket: Callable[..., socket.socket], mark: int | None,
-                 on_learn: Callable[[core.Learn], None]) -> None:
+                 on_learn: Callable[[core.Learn], None], refuse: Callable[[str], bool] | None = None) -> None:
         """open_socket(family, type, *, bind=None, options=()) opens a socket
-        where the proxy serves; `mark` (SO_MARK) tags its upstream queries."""
+        where the proxy serves; `mark` (SO_MARK) tags its upstream queries;
+        `refuse` is the core's name filter (netwrap.dns.proxy.DnsProxy)."""
         self._open_socket = open_socket
         self._mark = mark
         self._on_learn = on_learn
+        self._refuse = refuse
         self.endpoints: list[_Endpoint] = []
         self.errors: list[str] = []
         self._stack = contextlib.ExitStack()
@@ -66,7 +69,7 @@ class DnsProxyService:
         self._stack.callback(upstream.close)
         listen.setblocking(False)
         upstream.setblocking(False)
-        endpoint = _Endpoint(resolver, port, listen, upstream)
+        endpoint = _Endpoint(resolver, port, listen, upstream, self._refuse)
         self.endpoints.append(endpoint)
         return endpoint.port
 

@@ -189,8 +189,13 @@ def render_policy(
     resolved_names: Optional[Mapping[str, Iterable[Union[str, IPAddress]]]] = None,
     flow_log_group: Optional[int] = None,
     dns_proxy: Iterable[DnsRedirect] = (),
+    dns_tcp: bool = True,
 ) -> str:
     """The whole table as ``nft -f`` input.
+
+    ``dns_tcp=False`` lets only UDP through to the sandbox's resolver, the
+    DNS that ``dns_proxy`` sends through netwrap's proxy and its name filter
+    (--dns-allowed-only): TCP DNS is not proxied, so it would go around it.
 
     ``resolved_names`` (hostname -> addresses answered at start) pre-fills
     the hostname sets so the first connection does not race the I/O layer.
@@ -211,7 +216,7 @@ def render_policy(
     for i, rule in enumerate(policy.deny_rules, start=1):
         deny_lines += _rule_lines(out, rule, f"deny_{i}", None, tag)
         tag += 1
-    preset_lines = _preset_lines(out, policy)
+    preset_lines = _preset_lines(out, policy, dns_tcp=dns_tcp)
     sets = name_sets(policy)
     resolved = _resolved_by_set(policy, resolved_names or {})
     for ns in sets.values():
@@ -361,12 +366,13 @@ def _render_dns_proxy(out: _Writer, deny_lines: list[_Line], redirects: list[Dns
     out.line(1, "}")
 
 
-def _preset_lines(out: _Writer, policy: Policy) -> list[_Line]:
+def _preset_lines(out: _Writer, policy: Policy, *, dns_tcp: bool = True) -> list[_Line]:
     """Sets and rules for the resolver exemption, metadata and private."""
     lines: list[_Line] = []
     dns = collapse(ipaddress.ip_network(a) for a in policy.dns_servers)
+    dns_match = "meta l4proto { tcp, udp } th dport 53 " if dns_tcp else "udp dport 53 "
     for base, nets, wanted, match, refuse, tag, comment in (
-        ("dns", dns, True, "meta l4proto { tcp, udp } th dport 53 ", False, TAG_DNS,
+        ("dns", dns, True, dns_match, False, TAG_DNS,
          "the sandbox's DNS resolver"),
         ("metadata", policy.metadata_networks, policy.block_metadata, "", True, TAG_METADATA,
          "--block-metadata"),

@@ -178,9 +178,12 @@ class PolicyEngine:
             self.control = self._sandbox_netlink(calls)
             self.control.settimeout(ACK_TIMEOUT)
         redirects: list[policy_nft.DnsRedirect] = []
-        if policy.hostnames:
+        allowed_only = self.config.dns_allowed_only
+        if policy.hostnames or allowed_only:
             self.resolved = resolve_at_start(policy.hostnames, hosts_texts(self.config))
-            self.dns = DnsProxyService(open_socket=calls.socket, mark=policy_nft.PROXY_MARK, on_learn=self._learn)
+            allowed = frozenset(policy.hostnames)
+            self.dns = DnsProxyService(open_socket=calls.socket, mark=policy_nft.PROXY_MARK, on_learn=self._learn,
+                                       refuse=(lambda name: name not in allowed) if allowed_only else None)
             self._stack.callback(self.dns.stop)
             seen_family: set[int] = set()
             for text in resolvers:
@@ -202,7 +205,8 @@ class PolicyEngine:
                 calls.write(path, "1")
         self.ruleset = policy_nft.render_policy(
             policy, resolved_names={n: sorted(a, key=str) for n, a in self.resolved.items()},
-            flow_log_group=NFLOG_GROUP if self.tracking else None, dns_proxy=redirects)
+            flow_log_group=NFLOG_GROUP if self.tracking else None, dns_proxy=redirects,
+            dns_tcp=not allowed_only)
         if self.config.flow_log is not None:
             try:
                 self._log = _open_flow_log(self.config)

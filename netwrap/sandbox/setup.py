@@ -51,7 +51,8 @@ def policy_flags(config: Config) -> list[str]:
     return [name for name, on in (("--offline", config.offline), ("--block-private", config.block_private),
                                    ("--block-metadata", config.block_metadata), ("--allow", config.allow),
                                    ("--deny", config.deny), ("--default-policy", config.default_policy is not None),
-                                   ("--flow-log", config.flow_log is not None)) if on]
+                                   ("--flow-log", config.flow_log is not None),
+                                   ("--dns-allowed-only", config.dns_allowed_only)) if on]
 
 
 def check(config: Config, backend: str | None = None) -> str | None:
