@@ -176,3 +176,23 @@ def test_a_dns_flood_keeps_netwrap_bounded_and_allowed_traffic_flowing(world: Wo
     assert len(flooded) > 100, len(flooded)
     seen = world.http_log(since=mark)
     assert len([r for r in seen if r["path"] == "/hello"]) == result["during"].count("hello from the world") + 1
+
+
+# Runs in the sandbox: one dig per name, one after the other.
+DIG_EACH = r"""
+import subprocess, sys
+for name in sys.argv[1:]:
+    subprocess.run(["dig", "+short", "+time=5", "+tries=1", name], capture_output=True)
+"""
+
+
+def test_upstream_queries_leave_from_many_source_ports(world: World, backend: str, as_user: bool) -> None:
+    names = [f"port-{i}.example.test" for i in range(32)]
+    mark = world.mark()
+    done = world.netwrap(*backend.argv, "--allow", f"{ALLOWED}:80", "--", world.python, "-c", DIG_EACH, *names,
+                         user=as_user)
+    assert done.returncode == 0, done.stderr
+    # What the host's resolver saw, past the backend: the port each query came from.
+    ports = [r["peer_port"] for r in world.resolver_log(since=mark) if r["qname"] in names]
+    assert len(ports) >= len(names), ports
+    assert len(set(ports)) >= 8, ports  # one fixed socket would show 1
