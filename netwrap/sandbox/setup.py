@@ -71,6 +71,9 @@ def check(config: Config, backend: str | None = None) -> str | None:
         if config.flow_log is not None:
             raise NetwrapError("--flow-log needs nftables (it reads the sandbox's conntrack); "
                                "install the 'nftables' package")
+        if config.dns_allowed_only:
+            raise NetwrapError("--dns-allowed-only needs nftables (it sends the sandbox's DNS through "
+                               "netwrap's proxy); install the 'nftables' package")
     if not config.dns:
         return nft if policy else None
     if nft is None:
