@@ -80,6 +80,8 @@ class Config:
     block_private: bool = False
     block_metadata: bool = False
     flow_log: str | None = None
+    # --dns-allowed-only: the DNS proxy answers REFUSED for every name no --allow names.
+    dns_allowed_only: bool = False
     # The parsed --allow/--deny/--default-policy/presets (netwrap.policy.model.Policy),
     # built once by the CLI when any of them, --flow-log or --summary is given; the
     # backend's own addresses and resolvers join it at run time (Policy.with_network).

@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse matching flows (repeatable; wins over --allow)")
     policy.add_argument("--default-policy", metavar="{allow,deny}",
                         help="for flows no rule matches (default: deny if any --allow, else allow)")
+    policy.add_argument("--dns-allowed-only", action="store_true",
+                        help="answer DNS queries only for hostnames an --allow names; others get REFUSED and "
+                             "never reach a resolver (without this, any name can be asked, and a name can "
+                             "carry data out)")
     policy.add_argument("--flow-log", metavar="FILE",
                         help="write one JSON line per flow: times, protocol, addresses and ports, verdict, the "
                              "rule or preset that decided, bytes each way")
@@ -202,7 +206,11 @@ def _policy(args: argparse.Namespace) -> dict:
     """The policy fields of the Config, every spec checked (exit 2 quoting the bad one)."""
     fields = dict(allow=tuple(args.allow), deny=tuple(args.deny), default_policy=args.default_policy,
                   offline=args.offline, block_private=args.block_private, block_metadata=args.block_metadata,
-                  flow_log=args.flow_log)
+                  flow_log=args.flow_log, dns_allowed_only=args.dns_allowed_only)
+    if args.dns_allowed_only and not args.allow:
+        raise UsageError("--dns-allowed-only needs an allow list (--allow): it answers only the names it names")
+    if args.dns_allowed_only and args.offline:
+        raise UsageError("--dns-allowed-only and --offline exclude each other: offline, no DNS leaves at all")
     if args.block_private and args.allow_host_loopback:
         # pasta serves host loopback through the sandbox's own loopback, which no rule can tell apart.
         raise UsageError("--block-private cannot be combined with --allow-host-loopback: "

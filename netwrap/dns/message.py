@@ -92,8 +92,18 @@ def is_query(message: bytes) -> bool:
     return len(message) >= HEADER.size and not (struct.unpack_from("!H", message, 2)[0] & FLAG_QR)
 
 
+RCODE_SERVFAIL = 2
+RCODE_REFUSED = 5
+
+
 def servfail(query: bytes) -> bytes | None:
     """A SERVFAIL reply to `query` (its question kept), or None if it has none we can read."""
+    return error_reply(query, RCODE_SERVFAIL)
+
+
+def error_reply(query: bytes, rcode: int) -> bytes | None:
+    """A reply to `query` with this rcode and its one question echoed (no
+    records), or None if it has no single question we can read."""
     if not is_query(query):
         return None
     ident, flags, qdcount, *_ = HEADER.unpack_from(query)
@@ -105,9 +115,36 @@ def servfail(query: bytes) -> bytes | None:
         return None
     if end + 4 > len(query):
         return None
-    # QR, the query's opcode and RD, RA, rcode 2 (SERVFAIL).
-    reply_flags = FLAG_QR | (flags & 0x7900) | 0x0080 | 2
+    # QR, the query's opcode and RD, RA, and the rcode.
+    reply_flags = FLAG_QR | (flags & 0x7900) | 0x0080 | (rcode & 0xF)
     return HEADER.pack(ident, reply_flags, 1, 0, 0, 0) + query[HEADER.size:end + 4]
+
+
+def question_name(query: bytes) -> str | None:
+    """The name a query with exactly one question asks about (lower case, no
+    root dot); None when it has another number of questions, is malformed, or
+    its name has no one text form: a compressed question, a label holding a
+    dot or a byte outside printable ASCII ("a.b" as one label must never pass
+    for the name a.b)."""
+    if not is_query(query) or HEADER.unpack_from(query)[2] != 1:
+        return None
+    labels: list[str] = []
+    pos = HEADER.size
+    while pos < len(query):
+        length = query[pos]
+        pos += 1
+        if length == 0:
+            if pos + 4 > len(query):
+                return None
+            return ".".join(labels)
+        if length & 0xC0 or pos + length > len(query):
+            return None
+        label = query[pos:pos + length]
+        if any(b <= 0x20 or b >= 0x7F or b == 0x2E for b in label):
+            return None
+        labels.append(label.decode("ascii").lower())
+        pos += length
+    return None
 
 
 def parse_answer(message: bytes) -> Answer:

@@ -14,7 +14,19 @@ the network through the backend. So:
   and only for an id still pending; the client gets it back under its own id;
 - the queries waiting for an answer are bounded (MAX_PENDING; when full the
   oldest is forgotten) and expire after PENDING_TIMEOUT;
-- anything malformed is dropped and counted (`dropped`), never an exception.
+- anything malformed is dropped and counted (`dropped`), never an exception;
+- under a name filter (`refuse`, for --dns-allowed-only) a query for a name
+  the filter refuses, or whose name cannot be read unambiguously, is answered
+  REFUSED here and never reaches the resolver: names are a channel out.
+
+Flood bounds (what a hostile command can make this core hold):
+- pending queries: MAX_PENDING per resolver, each a client address and two
+  ids (the query itself is not kept), for PENDING_TIMEOUT at most;
+- names learned from one answer: MAX_LEARNED_NAMES (the CNAME chain);
+- addresses learned per name from one answer: MAX_LEARNED_ADDRESSES;
+- message size: MAX_MESSAGE; nothing larger is read or parsed.
+How long learned addresses stay allowed, and how many a name keeps, is the
+policy runtime's business (netwrap.policy.nft.learned_timeout).
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ from __future__ import annotations
 import collections
 import ipaddress
 import secrets
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Union
 
 import attrs
@@ -34,6 +46,14 @@ if TYPE_CHECKING:
 
 MAX_PENDING = 4096  # queries waiting for an answer, per resolver
 PENDING_TIMEOUT = 10.0  # seconds; a resolver's own clients give up sooner
+# The largest DNS message read: a UDP datagram's payload, and the most a TCP
+# length prefix (16 bits) can announce.
+MAX_MESSAGE = 65535
+# Learned from one answer: names along the CNAME chain (resolvers give up
+# well before: BIND follows 16 links), and addresses per name (a large
+# round-robin answer has a few dozen; 64 IPv6 addresses fit a 4 KiB EDNS answer).
+MAX_LEARNED_NAMES = 16
+MAX_LEARNED_ADDRESSES = 64
 
 # Why a datagram was dropped (the keys of DnsProxy.dropped).
 NOT_A_QUERY = "not a query"
@@ -42,6 +62,8 @@ TRUNCATED = "shorter than a DNS header"
 NOT_AN_ANSWER = "not an answer"
 UNKNOWN_ID = "unknown id"
 EVICTED = "pending queries full"
+TOO_LARGE = "larger than MAX_MESSAGE"
+NO_QUESTION = "no single readable question"  # under the name filter only
 
 
 @attrs.frozen(kw_only=True)
@@ -97,7 +119,9 @@ class DnsProxy:
     """One resolver's proxy state: which upstream id belongs to which client query."""
 
     def __init__(self, *, resolver: tuple[str, int], max_pending: int = MAX_PENDING,
-                 timeout: float = PENDING_TIMEOUT) -> None:
+                 timeout: float = PENDING_TIMEOUT, refuse: Callable[[str], bool] | None = None) -> None:
+        """refuse(name) -> True: answer queries for that name REFUSED here
+        (None: every query goes upstream)."""
         if not 0 < max_pending < 1 << 16:
             raise ValueError("max_pending must leave room for fresh 16-bit ids")
         self.resolver = (ipaddress.ip_address(resolver[0]), resolver[1])
@@ -105,6 +129,8 @@ class DnsProxy:
         self.timeout = timeout
         self.dropped: collections.Counter[str] = collections.Counter()
         self.unreadable = 0  # answers passed on unread: nothing learned from them
+        self.refused = 0  # queries answered REFUSED by the name filter
+        self._refuse = refuse
         self._pending: dict[int, _Pending] = {}  # insertion order is age order
 
     @property
@@ -119,6 +145,16 @@ class DnsProxy:
         """A datagram from the sandbox, `now` on a monotonic clock."""
         if not dnsmsg.is_query(data):
             return self._drop(NOT_A_QUERY)
+        if len(data) > MAX_MESSAGE:
+            return self._drop(TOO_LARGE)
+        if self._refuse is not None:
+            name = dnsmsg.question_name(data)
+            if name is None or self._refuse(name):
+                reply = dnsmsg.error_reply(data, dnsmsg.RCODE_REFUSED)
+                if reply is None:  # no question to echo: nothing a client would take
+                    return self._drop(NO_QUESTION)
+                self.refused += 1
+                return [SendToClient(client=client, data=reply)]
         actions: list[Action] = []
         if len(self._pending) >= self.max_pending:
             del self._pending[next(iter(self._pending))]
@@ -156,6 +192,8 @@ class DnsProxy:
             return self._drop(NOT_FROM_RESOLVER)
         if len(data) < dnsmsg.HEADER.size:
             return self._drop(TRUNCATED)
+        if len(data) > MAX_MESSAGE:
+            return self._drop(TOO_LARGE)
         if dnsmsg.is_query(data):
             return self._drop(NOT_AN_ANSWER)
         pending = self._pending.pop(dnsmsg.message_id(data), None)
@@ -191,8 +229,8 @@ class DnsProxy:
 
 def _learned(answer: dnsmsg.Answer) -> tuple[LearnedName, ...]:
     out = []
-    for name in answer.chain():
-        addresses = answer.addresses_of(name)
+    for name in answer.chain()[:MAX_LEARNED_NAMES]:
+        addresses = answer.addresses_of(name)[:MAX_LEARNED_ADDRESSES]
         if addresses:
             ttl = answer.ttl_of(name)
             out.append(LearnedName(name=name, addresses=addresses, ttl=ttl if ttl is not None else 0))

@@ -82,6 +82,8 @@ NFT_MSG_NEWSETELEM = 12
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY = 1
+NFTA_SET_ELEM_TIMEOUT = 4  # u64, big endian, milliseconds
+NFTA_SET_ELEM_EXPIRATION = 5  # the same: how long from now
 NFTA_DATA_VALUE = 1
 NFPROTO_INET = 1
 
@@ -129,10 +131,22 @@ def ct_flush(*, seq: int = 0) -> bytes:
 
 
 def nft_add_elements(table: str, set_name: str, addresses: Iterable[IPAddress], *, family: int = NFPROTO_INET,
-                     seq: int = 0) -> bytes:
-    """One nf_tables transaction adding addresses to a set (existing ones are kept)."""
+                     seq: int = 0, timeout_ms: Optional[int] = None) -> bytes:
+    """One nf_tables transaction adding addresses to a set (existing ones are kept).
+
+    With timeout_ms (the set needs flags timeout) each element expires that
+    long after this addition; adding an element again restarts its timeout.
+    """
+    timeout = b""
+    if timeout_ms is not None:
+        # An element already in the set gets a new expiry only when the
+        # expiration is given too: with the timeout alone, adding it again
+        # left its first expiry in place (measured on Linux 6.18).
+        timeout = (attr(NFTA_SET_ELEM_TIMEOUT, struct.pack("!Q", timeout_ms))
+                   + attr(NFTA_SET_ELEM_EXPIRATION, struct.pack("!Q", timeout_ms)))
     elements = b"".join(
-        attr(NFTA_LIST_ELEM, attr(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, a.packed), nested=True), nested=True)
+        attr(NFTA_LIST_ELEM, attr(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, a.packed), nested=True) + timeout,
+             nested=True)
         for a in addresses)
     body = (nfgen(family, 0) + attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
             + attr(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")

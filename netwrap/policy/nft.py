@@ -96,6 +96,21 @@ PROXY_MARK = 0x00200000
 DNS_PROXY_PRIORITY = -110
 LOG_PREFIX = "nw:"
 
+# How long an address a DNS answer gave for an allowed hostname stays in its
+# set: the answer's TTL, but at least LEARNED_TTL_FLOOR (a command, or its
+# resolver library, often keeps an answer a little past its TTL, and TTLs of
+# 0-5 s would have an address gone before the connect that looked it up)
+# and at most LEARNED_TTL_CAP (resolvers cap TTLs at a day or a week; a day
+# bounds how long a stale address stays open). Connections already open are
+# not affected: the output chain accepts established and related flows before
+# any set is consulted.
+LEARNED_TTL_FLOOR = 60
+LEARNED_TTL_CAP = 86400
+# Elements one hostname set holds at most (per family): a bound on what
+# answers can make the kernel keep. An addition beyond it fails and is
+# reported; the addresses already there stay until they expire.
+NAME_SET_SIZE = 4096
+
 # Flow-log tags of the presets; rule tags start at RULE_TAG_BASE.
 TAG_DNS = 1
 TAG_OFFLINE = 2
@@ -163,14 +178,24 @@ def name_sets(policy: Policy) -> dict[str, NameSets]:
     }
 
 
+def learned_timeout(ttl: int) -> int:
+    """Seconds an address learned from an answer with this TTL stays allowed."""
+    return min(max(ttl, LEARNED_TTL_FLOOR), LEARNED_TTL_CAP)
+
+
 def render_policy(
     policy: Policy,
     *,
     resolved_names: Optional[Mapping[str, Iterable[Union[str, IPAddress]]]] = None,
     flow_log_group: Optional[int] = None,
     dns_proxy: Iterable[DnsRedirect] = (),
+    dns_tcp: bool = True,
 ) -> str:
     """The whole table as ``nft -f`` input.
+
+    ``dns_tcp=False`` lets only UDP through to the sandbox's resolver, the
+    DNS that ``dns_proxy`` sends through netwrap's proxy and its name filter
+    (--dns-allowed-only): TCP DNS is not proxied, so it would go around it.
 
     ``resolved_names`` (hostname -> addresses answered at start) pre-fills
     the hostname sets so the first connection does not race the I/O layer.
@@ -191,13 +216,15 @@ def render_policy(
     for i, rule in enumerate(policy.deny_rules, start=1):
         deny_lines += _rule_lines(out, rule, f"deny_{i}", None, tag)
         tag += 1
-    preset_lines = _preset_lines(out, policy)
+    preset_lines = _preset_lines(out, policy, dns_tcp=dns_tcp)
     sets = name_sets(policy)
     resolved = _resolved_by_set(policy, resolved_names or {})
     for ns in sets.values():
         comment = _comment(ns.hostname)
         for set_name, addr_type in ((ns.v4, "ipv4_addr"), (ns.v6, "ipv6_addr")):
-            out.set(set_name, addr_type, interval=False,
+            # Addresses resolved at start have no TTL to go by: they stay for
+            # the run; those the DNS proxy learns later carry a timeout.
+            out.set(set_name, addr_type, interval=False, timeout=True, size=NAME_SET_SIZE,
                     elements=resolved.get(set_name, ()), comment=comment)
     allow_lines: list[_Line] = []
     for i, rule in enumerate(policy.allow_rules, start=1):
@@ -212,12 +239,14 @@ def render_policy(
 
 
 def render_name_update(
-    policy: Policy, hostname: str, addresses: Iterable[Union[str, IPAddress]]
+    policy: Policy, hostname: str, addresses: Iterable[Union[str, IPAddress]],
+    *, timeout: Optional[int] = None,
 ) -> str:
     """``nft -f`` input adding DNS answers for an allowed hostname.
 
-    Sets only grow during a run: a command may still hold an older answer
-    (round-robin, CDNs), and removing it would break its next connect.
+    With ``timeout`` (seconds, see learned_timeout) the kernel removes each
+    element that long after it was last added; adding it again restarts the
+    timeout. Without it the element stays for the run.
     Returns "" when there is nothing to add.
     """
     key = normalize_hostname_key(hostname)
@@ -226,8 +255,9 @@ def render_name_update(
         raise KeyError(f"{hostname!r} is not a hostname in any --allow rule")
     ns = sets[key]
     by_set = _split_addresses(ns, addresses)
+    suffix = f" timeout {timeout}s" if timeout is not None else ""
     return "".join(
-        f"add element {TABLE} {set_name} {{ {', '.join(elems)} }}\n"
+        f"add element {TABLE} {set_name} {{ {', '.join(e + suffix for e in elems)} }}\n"
         for set_name, elems in by_set.items()
         if elems
     )
@@ -253,12 +283,17 @@ class _Writer:
         interval: bool,
         elements: Iterable[str],
         comment: Optional[str] = None,
+        timeout: bool = False,
+        size: Optional[int] = None,
     ) -> None:
         elems = list(elements)
         self.line(1, f"set {name} {{")
         self.line(2, f"type {addr_type}")
-        if interval:
-            self.line(2, "flags interval")
+        flags = [f for f, wanted in (("interval", interval), ("timeout", timeout)) if wanted]
+        if flags:
+            self.line(2, f"flags {', '.join(flags)}")
+        if size is not None:
+            self.line(2, f"size {size}")
         if elems:
             self.line(2, f"elements = {{ {', '.join(elems)} }}")
         if comment:
@@ -331,12 +366,13 @@ def _render_dns_proxy(out: _Writer, deny_lines: list[_Line], redirects: list[Dns
     out.line(1, "}")
 
 
-def _preset_lines(out: _Writer, policy: Policy) -> list[_Line]:
+def _preset_lines(out: _Writer, policy: Policy, *, dns_tcp: bool = True) -> list[_Line]:
     """Sets and rules for the resolver exemption, metadata and private."""
     lines: list[_Line] = []
     dns = collapse(ipaddress.ip_network(a) for a in policy.dns_servers)
+    dns_match = "meta l4proto { tcp, udp } th dport 53 " if dns_tcp else "udp dport 53 "
     for base, nets, wanted, match, refuse, tag, comment in (
-        ("dns", dns, True, "meta l4proto { tcp, udp } th dport 53 ", False, TAG_DNS,
+        ("dns", dns, True, dns_match, False, TAG_DNS,
          "the sandbox's DNS resolver"),
         ("metadata", policy.metadata_networks, policy.block_metadata, "", True, TAG_METADATA,
          "--block-metadata"),

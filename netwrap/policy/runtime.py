@@ -28,9 +28,14 @@ the sandbox's user namespace and so holds every capability in it; rootful it
 is root. The alternative, init serving calls for the whole run, would leave
 a request channel open in the command's own ancestor and put a process
 switch plus an `nft` exec on the path of every DNS answer. With this design
-init does nothing once the command has started. Addresses stay in the sets
-for the whole run, whatever their TTL: the command may cache an answer, or
-keep a connection open, for longer.
+init does nothing once the command has started. A learned address stays
+in its set for the answer's TTL, at least a minute
+(netwrap.policy.nft.learned_timeout); each answer that gives it again
+restarts that time, and the kernel removes it when it runs out. Connections
+already open are kept: established flows are accepted before any set is
+consulted. Addresses resolved at start have no TTL and stay for the run.
+Nothing is kept here per answer: what the kernel holds is bounded by
+netwrap.policy.nft.NAME_SET_SIZE per set.
 
 What is not covered: DNS over TCP, and queries the command sends to other
 servers an --allow rule opens, are not proxied, so their answers update
@@ -173,9 +178,12 @@ class PolicyEngine:
             self.control = self._sandbox_netlink(calls)
             self.control.settimeout(ACK_TIMEOUT)
         redirects: list[policy_nft.DnsRedirect] = []
-        if policy.hostnames:
+        allowed_only = self.config.dns_allowed_only
+        if policy.hostnames or allowed_only:
             self.resolved = resolve_at_start(policy.hostnames, hosts_texts(self.config))
-            self.dns = DnsProxyService(open_socket=calls.socket, mark=policy_nft.PROXY_MARK, on_learn=self._learn)
+            allowed = frozenset(policy.hostnames)
+            self.dns = DnsProxyService(open_socket=calls.socket, mark=policy_nft.PROXY_MARK, on_learn=self._learn,
+                                       refuse=(lambda name: name not in allowed) if allowed_only else None)
             self._stack.callback(self.dns.stop)
             seen_family: set[int] = set()
             for text in resolvers:
@@ -197,7 +205,8 @@ class PolicyEngine:
                 calls.write(path, "1")
         self.ruleset = policy_nft.render_policy(
             policy, resolved_names={n: sorted(a, key=str) for n, a in self.resolved.items()},
-            flow_log_group=NFLOG_GROUP if self.tracking else None, dns_proxy=redirects)
+            flow_log_group=NFLOG_GROUP if self.tracking else None, dns_proxy=redirects,
+            dns_tcp=not allowed_only)
         if self.config.flow_log is not None:
             try:
                 self._log = _open_flow_log(self.config)
@@ -250,30 +259,27 @@ class PolicyEngine:
     # -- keeping name sets current ------------------------------------------------------------
 
     def _learn(self, learned: Learn) -> None:
-        """Add an answer's addresses for allowed hostnames to their sets (on the DNS proxy's thread)."""
+        """Add an answer's addresses for allowed hostnames to their sets, each
+        for its TTL (on the DNS proxy's thread). Addresses already there are
+        added again: that restarts their timeout."""
         for found in learned.names:
             name = found.name
             if name not in self.sets:
                 continue
-            known = self.resolved.setdefault(name, set())
-            new = [normalize_address(a) for a in found.addresses]
-            new = [a for a in dict.fromkeys(new) if a not in known]
-            if not new:
-                continue
+            addresses = list(dict.fromkeys(normalize_address(a) for a in found.addresses))
+            timeout = policy_nft.learned_timeout(found.ttl)
             sets = self.sets[name]
             for version, set_name in ((4, sets.v4), (6, sets.v6)):
-                addrs = [a for a in new if a.version == version]
+                addrs = [a for a in addresses if a.version == version]
                 if not addrs:
                     continue
                 data = nfnetlink.nft_add_elements(policy_nft.TABLE_NAME, set_name, addrs,
-                                                  seq=self._take_seq(3))
+                                                  seq=self._take_seq(3), timeout_ms=timeout * 1000)
                 try:
                     self._request(self.control, data, f"adding {name}'s addresses")
                 except (NetwrapError, OSError) as exc:
                     self.errors.append(str(exc))
-                    continue
-                known.update(addrs)
-            debug(f"policy: {name} -> {', '.join(map(str, new))}")
+            debug(f"policy: {name} -> {', '.join(map(str, addresses))} for {timeout} s")
 
     # -- the flow log -------------------------------------------------------------------------
 

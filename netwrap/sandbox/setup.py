@@ -51,7 +51,8 @@ def policy_flags(config: Config) -> list[str]:
     return [name for name, on in (("--offline", config.offline), ("--block-private", config.block_private),
                                    ("--block-metadata", config.block_metadata), ("--allow", config.allow),
                                    ("--deny", config.deny), ("--default-policy", config.default_policy is not None),
-                                   ("--flow-log", config.flow_log is not None)) if on]
+                                   ("--flow-log", config.flow_log is not None),
+                                   ("--dns-allowed-only", config.dns_allowed_only)) if on]
 
 
 def check(config: Config, backend: str | None = None) -> str | None:
@@ -70,6 +71,9 @@ def check(config: Config, backend: str | None = None) -> str | None:
         if config.flow_log is not None:
             raise NetwrapError("--flow-log needs nftables (it reads the sandbox's conntrack); "
                                "install the 'nftables' package")
+        if config.dns_allowed_only:
+            raise NetwrapError("--dns-allowed-only needs nftables (it sends the sandbox's DNS through "
+                               "netwrap's proxy); install the 'nftables' package")
     if not config.dns:
         return nft if policy else None
     if nft is None:

@@ -333,6 +333,18 @@ def test_dns_answer_keeps_the_question_and_its_case() -> None:
     assert (response.id, response.rcode, response.answers) == (0x1234, 0, [World.WORLD_V4])
 
 
+def test_dns_records_carry_the_zones_ttl() -> None:
+    query = dnswire.build_query(7, "short.example.test", dnswire.TYPE_CODES["A"])
+    zone = {"short.example.test": {"A": ["203.0.113.20"], "TTL": ["5"]}}
+    reply, _, _ = dnswire.answer(zone, query)
+    # The record follows the header and the echoed question (as long as the query):
+    # pointer to the name, type A, class IN, TTL 5.
+    record = reply[len(query):]
+    assert record[:10] == b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x05"
+    reply, _, _ = dnswire.answer({"short.example.test": {"A": ["203.0.113.20"]}}, query)
+    assert reply[len(query) + 6:len(query) + 10] == b"\x00\x00\x00\x3c"  # the default, 60 s
+
+
 def test_dns_nxdomain_and_formerr() -> None:
     _, _, rcode = dnswire.answer(ZONE, dnswire.build_query(1, "missing.example.test", 1))
     assert rcode == dnswire.NXDOMAIN

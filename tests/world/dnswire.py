@@ -1,7 +1,8 @@
 """Just enough of the DNS wire format (RFC 1035) for the world's servers.
 
 One question per message, A and AAAA answers, NXDOMAIN, empty NOERROR for a
-known name without the asked type.  Answers point back at the question name
+known name without the asked type.  Records live TTL seconds unless the
+name's zone entry says otherwise ({"A": [...], "TTL": ["5"]}).  Answers point back at the question name
 (compression pointer 0xC00C) and echo the question bytes unchanged, so a
 client's 0x20 case randomisation survives.  stdlib only: worldd imports this.
 """
@@ -116,13 +117,13 @@ def _rdata(qtype: int, value: str) -> bytes:
     raise ValueError(f"cannot encode type {qtype}")
 
 
-def build_response(query: Query, rcode: int, values: Sequence[str] = ()) -> bytes:
-    """Answer `query` with `rcode` and one record of its type per value."""
+def build_response(query: Query, rcode: int, values: Sequence[str] = (), *, ttl: int = TTL) -> bytes:
+    """Answer `query` with `rcode` and one record of its type per value, each living `ttl` seconds."""
     flags = _FLAG_QR | (query.opcode << 11) | _FLAG_AA | (query.flags & _FLAG_RD) | _FLAG_RA | rcode
     answers = b""
     for value in values:
         rdata = _rdata(query.qtype, value)
-        answers += struct.pack("!HHHIH", 0xC00C, query.qtype, CLASS_IN, TTL, len(rdata)) + rdata
+        answers += struct.pack("!HHHIH", 0xC00C, query.qtype, CLASS_IN, ttl, len(rdata)) + rdata
     return HEADER.pack(query.id, flags, 1, len(values), 0, 0) + query.question + answers
 
 
@@ -156,7 +157,8 @@ def answer(zone: dict[str, dict[str, list[str]]], message: bytes) -> tuple[bytes
     except DNSFormatError:
         return build_error(message, FORMERR), None, FORMERR
     rcode, values = resolve(zone, query)
-    return build_response(query, rcode, values), query, rcode
+    ttl = int(zone.get(query.name, {}).get("TTL", [TTL])[0])
+    return build_response(query, rcode, values, ttl=ttl), query, rcode
 
 
 @dataclass(frozen=True)

@@ -42,11 +42,20 @@ def test_defaults():
         (["--"], "no command given"),
         (["-q", "-v", "true"], "exclude each other"),
         (["--backend"], "expected one argument"),
+        (["--dns-allowed-only", "true"], "--dns-allowed-only needs an allow list"),
+        (["--dns-allowed-only", "--deny", "192.0.2.1", "true"], "--dns-allowed-only needs an allow list"),
+        (["--dns-allowed-only", "--offline", "--allow", "www.example.test", "true"], "exclude each other"),
     ],
 )
 def test_bad_input_is_a_usage_error(argv, message):
     with pytest.raises(UsageError, match=message):
         cli.parse(argv)
+
+
+def test_dns_allowed_only_is_off_unless_asked():
+    assert cli.parse(["--allow", "www.example.test:80", "true"]).dns_allowed_only is False
+    config = cli.parse(["--allow", "www.example.test:80", "--dns-allowed-only", "true"])
+    assert config.dns_allowed_only is True
 
 
 def test_user_needs_root(monkeypatch):

@@ -172,3 +172,139 @@ def test_a_query_that_cannot_be_sent_gets_servfail_at_once():
     servfail = b"\xbe\xef\x81\x82\x00\x01\x00\x00\x00\x00\x00\x00" + QUESTION
     assert proxy.upstream_failed(sent) == [SendToClient(client=CLIENT, data=servfail)]
     assert proxy.pending == 0 and proxy.upstream_failed(sent) == []
+
+
+# --- the name filter (--dns-allowed-only) ---------------------------------------------------------
+
+ALLOWED = {"www.example.test"}
+
+
+def allowed_only() -> dnsproxy.DnsProxy:
+    return dnsproxy.DnsProxy(resolver=RESOLVER, refuse=lambda name: name not in ALLOWED)
+
+
+# "other.example.test, type A, class IN" and a query for it, id 0x1234, flags 0x0100 (RD).
+OTHER_QUESTION = b"\x05other\x07example\x04test\x00\x00\x01\x00\x01"
+OTHER_QUERY = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + OTHER_QUESTION
+
+
+def test_a_name_outside_the_allow_list_is_refused_without_going_upstream():
+    proxy = allowed_only()
+    # id 0x1234 (the client's), flags 0x8185: QR, RD copied, RA, rcode 5 (REFUSED);
+    # one question (echoed), no records.
+    refused = b"\x12\x34\x81\x85\x00\x01\x00\x00\x00\x00\x00\x00" + OTHER_QUESTION
+    assert proxy.query(OTHER_QUERY, CLIENT, 0.0) == [SendToClient(client=CLIENT, data=refused)]
+    assert proxy.pending == 0 and proxy.refused == 1 and not proxy.dropped
+
+
+def test_an_allowed_name_goes_upstream_and_its_cname_chain_comes_back():
+    proxy = allowed_only()
+    sent = forwarded(proxy)
+    actions = proxy.answer(answer(sent.id), RESOLVER)
+    # The chain leaves the allow list (edge.cdn.test): the answer is passed on whole.
+    assert actions[-1] == SendToClient(client=CLIENT, data=b"\xbe\xef" + ANSWER_REST)
+    assert proxy.refused == 0
+
+
+def test_the_filter_sees_names_in_lower_case_without_the_root_dot():
+    proxy = allowed_only()
+    query = b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03WwW\x07ExAmPlE\x04TEST\x00\x00\x01\x00\x01"
+    assert isinstance(proxy.query(query, CLIENT, 0.0)[0], SendUpstream)
+
+
+def test_a_label_holding_a_dot_does_not_pass_for_the_allowed_name():
+    proxy = allowed_only()
+    # Two labels "www.example" and "test": the text reads www.example.test, the name is another.
+    question = b"\x0bwww.example\x04test\x00\x00\x01\x00\x01"
+    query = b"\x00\x07\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + question
+    assert proxy.query(query, CLIENT, 0.0) == [
+        SendToClient(client=CLIENT, data=b"\x00\x07\x81\x85\x00\x01\x00\x00\x00\x00\x00\x00" + question)]
+    assert proxy.pending == 0
+
+
+def test_a_compressed_question_is_refused():
+    proxy = allowed_only()
+    # The question's name is a pointer to offset 12, itself: never forwarded.
+    query = b"\x00\x08\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"
+    actions = proxy.query(query, CLIENT, 0.0)
+    assert proxy.pending == 0
+    assert actions == [Drop(reason=dnsproxy.NO_QUESTION)]
+
+
+def test_a_query_with_two_questions_is_dropped_under_the_filter():
+    proxy = allowed_only()
+    query = b"\x00\x09\x01\x00\x00\x02\x00\x00\x00\x00\x00\x00" + QUESTION + OTHER_QUESTION
+    assert proxy.query(query, CLIENT, 0.0) == [Drop(reason=dnsproxy.NO_QUESTION)]
+    assert proxy.pending == 0 and proxy.dropped == {dnsproxy.NO_QUESTION: 1}
+
+
+@given(st.binary(max_size=300))
+def test_under_the_filter_only_the_allowed_name_goes_upstream(query):
+    proxy = allowed_only()
+    for action in proxy.query(query, CLIENT, 0.0):
+        if isinstance(action, SendUpstream):
+            assert action.data[12:30].lower() == QUESTION[:18]
+
+
+# --- flood bounds -----------------------------------------------------------------------------------
+
+
+def test_the_bounds_are_the_declared_numbers():
+    # Written down here: a change to a bound is a change to this test and to the README.
+    assert dnsproxy.MAX_PENDING == 4096
+    assert dnsproxy.MAX_MESSAGE == 65535
+    assert dnsproxy.MAX_LEARNED_NAMES == 16
+    assert dnsproxy.MAX_LEARNED_ADDRESSES == 64
+
+
+def test_a_flood_of_distinct_queries_keeps_pending_at_its_bound():
+    proxy = dnsproxy.DnsProxy(resolver=RESOLVER, max_pending=100)
+    for i in range(1000):
+        proxy.query(QUERY, ("127.0.0.1", 1000 + i), 0.0)
+    assert proxy.pending == 100 and proxy.dropped == {dnsproxy.EVICTED: 900}
+
+
+def test_oversized_messages_are_dropped_unread():
+    proxy = dnsproxy.DnsProxy(resolver=RESOLVER)
+    big = QUERY + b"\x00" * 65536
+    assert proxy.query(big, CLIENT, 0.0) == [Drop(reason=dnsproxy.TOO_LARGE)]
+    sent = forwarded(proxy)
+    assert proxy.answer(answer(sent.id) + b"\x00" * 65536, RESOLVER) == [Drop(reason=dnsproxy.TOO_LARGE)]
+    assert proxy.pending == 1
+
+
+def _a_record(owner: bytes, address: bytes, ttl: int = 30) -> bytes:
+    return owner + b"\x00\x01\x00\x01" + ttl.to_bytes(4, "big") + b"\x00\x04" + address
+
+
+def test_addresses_learned_per_name_are_bounded():
+    proxy = dnsproxy.DnsProxy(resolver=RESOLVER)
+    sent = forwarded(proxy)
+    # 100 A records for www.example.test (owner: pointer to offset 12), 10.0.0.0 .. 10.0.0.99.
+    records = b"".join(_a_record(b"\xc0\x0c", bytes([10, 0, 0, i])) for i in range(100))
+    reply = sent.id.to_bytes(2, "big") + b"\x81\x80\x00\x01\x00\x64\x00\x00\x00\x00" + QUESTION + records
+    learn = proxy.answer(reply, RESOLVER)[0]
+    assert isinstance(learn, Learn) and len(learn.names) == 1
+    assert learn.names[0].addresses == tuple(ip(f"10.0.0.{i}") for i in range(64))
+
+
+def test_names_learned_from_one_cname_chain_are_bounded():
+    proxy = dnsproxy.DnsProxy(resolver=RESOLVER)
+    sent = forwarded(proxy)
+    # www.example.test CNAME n1.test, n1.test CNAME n2.test ... n29.test CNAME n30.test;
+    # every name also has an A record 192.0.2.1 (addresses_of follows the chain).
+    def name(i: int) -> bytes:
+        label = f"n{i}".encode()
+        return bytes([len(label)]) + label + b"\x04test\x00"
+    records = b""
+    owner = b"\xc0\x0c"
+    for i in range(1, 31):
+        target = name(i)
+        records += owner + b"\x00\x05\x00\x01\x00\x00\x00\x3c" + len(target).to_bytes(2, "big") + target
+        records += _a_record(owner, b"\xc0\x00\x02\x01")
+        owner = target
+    reply = (sent.id.to_bytes(2, "big") + b"\x81\x80\x00\x01" + (60).to_bytes(2, "big") + b"\x00\x00\x00\x00"
+             + QUESTION + records)
+    learn = proxy.answer(reply, RESOLVER)[0]
+    assert isinstance(learn, Learn)
+    assert [n.name for n in learn.names] == ["www.example.test"] + [f"n{i}.test" for i in range(1, 16)]

@@ -80,7 +80,7 @@ def test_stop_is_idempotent_and_closes_the_sockets(resolver):
     service.stop(started + 5)
     service.stop(started + 5)
     assert time.monotonic() - started < 1
-    assert endpoint.listen.fileno() == -1 and endpoint.upstream.fileno() == -1
+    assert endpoint.listen.fileno() == -1 and all(u.fileno() == -1 for u in endpoint.upstreams)
     assert service.errors == []
 
 
@@ -100,3 +100,23 @@ def test_stop_gives_up_on_a_stuck_thread_at_the_deadline(resolver, client):
         assert service.errors == ["the DNS proxy did not stop in time"]
     finally:
         release.set()
+
+
+def test_upstream_queries_leave_from_random_ports_of_the_pool(resolver, client):
+    service = DnsProxyService(open_socket=open_socket, mark=None, on_learn=lambda action: None)
+    port = service.add(LOOPBACK, port=resolver.getsockname()[1])
+    service.start()
+    ports = []
+    try:
+        for _ in range(300):
+            client.sendto(QUERY, ("127.0.0.1", port))
+            ports.append(resolver.recvfrom(512)[1][1])
+    finally:
+        service.stop(time.monotonic() + 5)
+    # 16 sockets, each query from one drawn uniformly: over 300 queries every
+    # one is used (a miss has odds of 16 * (15/16)**300, about 6e-8), none
+    # carries a third of them, and consecutive queries mostly differ (1 in 16 repeats).
+    assert len(set(ports)) == 16
+    assert max(ports.count(p) for p in set(ports)) < 100
+    assert sum(1 for a, b in zip(ports, ports[1:]) if a == b) < 60
+    assert port not in ports

@@ -64,6 +64,9 @@ def test_tunrelay_without_nft_enforces_in_its_engine_but_refuses_the_flow_log():
     assert setup.check(without_nft("--offline"), "tunrelay") is None
     with pytest.raises(NetwrapError, match="--flow-log needs nftables .*'nftables' package"):
         setup.check(without_nft("--allow", "1.2.3.4", "--flow-log", "/tmp/x"), "tunrelay")
+    # Its engine knows the allowed names' addresses from the start only: it has no DNS proxy.
+    with pytest.raises(NetwrapError, match="--dns-allowed-only needs nftables .*'nftables' package"):
+        setup.check(without_nft("--allow", "www.example.test", "--dns-allowed-only"), "tunrelay")
 
 
 def test_the_nft_the_config_names_is_the_one_used():

@@ -79,6 +79,8 @@ TAGGED = {
     "flow_log_offline": ("offline", dict(flow_log_group=7)),
     "dns_proxy_forced": ("allow_hostname", dict(dns_proxy=[DnsRedirect(version=4, port=40000),
                                                            DnsRedirect(version=6, port=40001)])),
+    # --dns-allowed-only: only UDP reaches the resolver, all of it through the proxy.
+    "dns_allowed_only": ("allow_hostname", dict(dns_proxy=[_V4_PROXY], dns_tcp=False)),
 }
 CASES.update({name: CASES[base] for name, (base, _) in TAGGED.items()})
 
