@@ -197,6 +197,14 @@ def spawn_helper(argv: Sequence[str], *, output_fd: int, pass_fds: Sequence[int]
             syscalls.set_pdeathsig(signal.SIGKILL)
             if os.getppid() != parent:
                 os._exit(1)
+            if os.geteuid() == 0:
+                # A mount namespace of its own, private: whatever a helper
+                # unmounts for its own sandbox (slirp4netns --enable-sandbox
+                # does) must not propagate through shared mounts such as
+                # iproute2's /run/netns, which would wipe every named netns
+                # on the host. Rootless helpers make their own user namespace.
+                syscalls.unshare(syscalls.CLONE_NEWNS)
+                syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
             null = os.open(os.devnull, os.O_RDONLY)
             os.dup2(null, 0)
             os.dup2(output_fd, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,28 @@ def test_helper_path_as_root_checks_the_directories_above(tmp_path: Path) -> Non
 
 def test_help_names_the_system_path_netwrap_uses() -> None:
     assert options.SYSTEM_PATH_TEXT == ":".join(commands.SYSTEM_PATH)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts and mount namespaces need root (CI runs as root)")
+def test_a_helper_as_root_cannot_unmount_the_hosts_mounts(tmp_path):
+    # The shape of iproute2's /run/netns: a shared mount with a mount under it
+    # (there, one per named netns). slirp4netns --enable-sandbox unmounts
+    # what it does not need in its own mount namespace; run by root in the
+    # host's, that unmount propagated and wiped every named netns.
+    shared, inner = tmp_path / "shared", tmp_path / "shared" / "inner"
+    shared.mkdir()
+    subprocess.run(["mount", "--bind", str(shared), str(shared)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(shared)], check=True)
+        inner.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "netwrap-test", str(inner)], check=True)
+        r, w = os.pipe()
+        try:
+            pid = commands.spawn_helper(["umount", "-l", str(inner)], output_fd=w)
+        finally:
+            os.close(w)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, os.read(r, 4096)
+        os.close(r)
+        assert os.path.ismount(inner)  # unmounted in the helper's namespace only
+    finally:
+        subprocess.run(["umount", "-R", "-l", str(shared)], check=False)
