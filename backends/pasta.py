@@ -97,6 +97,8 @@ class PastaBackend:
         else:
             argv += ["--tcp-ns", "none", "--udp-ns", "none"]
             argv += ["--no-map-gw"] if "no-map-gw" in probe.options else ["--map-host-loopback", "none"]
+        if config.outbound_interface is not None:
+            argv += outbound_options(config.outbound_interface.name, probe)
         if "dns-forward" in probe.options:
             argv += ["--dns-forward", DNS_FORWARD_V4]
         if target.rootful:
@@ -104,6 +106,19 @@ class PastaBackend:
         else:
             argv.append(str(target.pid))
         return argv
+
+
+def outbound_options(name: str, probe: Probe) -> list[str]:
+    """pasta binds its host sockets of each family to IFACE (SO_BINDTODEVICE).
+
+    Both families, even when IFACE has no IPv6 address: bound there, the
+    command's IPv6 finds no route and fails, rather than leave by another way.
+    """
+    missing = [o for o in ("outbound-if4", "outbound-if6") if o not in probe.options]
+    if missing:
+        raise NetwrapError(f"--iface needs pasta's {', '.join('--' + o for o in missing)}, which {probe.path} lacks; "
+                           "install a newer 'passt' package")
+    return ["--outbound-if4", name, "--outbound-if6", name]
 
 
 def _packaged_version(package: str) -> str | None:
