@@ -195,3 +195,17 @@ def test_pasta_iface_binds_both_families_to_the_interface() -> None:
     old = Probe(available=True, path="/usr/bin/pasta", options=options - {"outbound-if6"})
     with pytest.raises(NetwrapError, match="--outbound-if6"):
         PastaBackend().argv(target, cfg, old, pidfile="PID")
+
+
+@pytest.mark.parametrize("resolv_conf, warned", [
+    ("nameserver 127.0.0.53\noptions edns0\n", True),  # systemd-resolved's stub
+    ("# generated\nnameserver 2001:db8::53\nnameserver 127.0.0.1\n", True),  # pasta forwards IPv4 DNS to the first IPv4
+    ("nameserver 192.0.2.53\nnameserver 127.0.0.53\n", False),
+    ("", False),
+])
+def test_pasta_warns_when_iface_cuts_it_off_from_a_loopback_resolver(resolv_conf: str, warned: bool) -> None:
+    from netwrap.backends.pasta import iface_dns_problem
+    problem = iface_dns_problem(resolv_conf, "up2")
+    assert (problem is not None) is warned
+    if warned:
+        assert problem.startswith("--iface up2: pasta cannot reach the host's resolver 127.0.0.") and "-d RESOLVER" in problem
