@@ -182,6 +182,8 @@ def required_capabilities(config: "Config") -> dict[str, str]:
     needed: dict[str, str] = {}
     if config.allow_host_loopback:
         needed[CAP_HOST_LOOPBACK] = "--allow-host-loopback"
+    if config.outbound_interface is not None:
+        needed[CAP_OUTBOUND_INTERFACE] = f"--iface {config.outbound_interface.name}"
     if any(":" in resolver for resolver in config.dns):
         needed[CAP_IPV6] = f"--dns {next(r for r in config.dns if ':' in r)}"
     return needed

@@ -28,6 +28,7 @@ are reached like any peer's: pasta connects to them from the host.
 from __future__ import annotations
 
 import os
+import sys
 
 from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
@@ -37,6 +38,7 @@ from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import searched, which
+from netwrap.linux.hostfiles import read_host_file
 from netwrap.linux.scratch import make_private_dir, remove_private_dir
 
 # The sandbox's addresses: the same as slirp4netns and tunrelay (see above).
@@ -80,6 +82,10 @@ class PastaBackend:
 
     def start(self, target: Target, config, probe: Probe | None = None) -> "PastaHandle":
         probe = probe or self.probe()
+        if config.outbound_interface is not None and not config.dns and config.verbosity >= 0:
+            problem = iface_dns_problem(read_host_file("/etc/resolv.conf"), config.outbound_interface.name)
+            if problem:
+                sys.stderr.write(f"netwrap: warning: {problem}\n")
         pass_fds = [target.netns_fd] if target.rootful else []
         return PastaHandle.start(self.argv(target, config, probe, pidfile="{pidfile}"), pass_fds)
 
@@ -97,6 +103,8 @@ class PastaBackend:
         else:
             argv += ["--tcp-ns", "none", "--udp-ns", "none"]
             argv += ["--no-map-gw"] if "no-map-gw" in probe.options else ["--map-host-loopback", "none"]
+        if config.outbound_interface is not None:
+            argv += outbound_options(config.outbound_interface.name, probe)
         if "dns-forward" in probe.options:
             argv += ["--dns-forward", DNS_FORWARD_V4]
         if target.rootful:
@@ -104,6 +112,38 @@ class PastaBackend:
         else:
             argv.append(str(target.pid))
         return argv
+
+
+def outbound_options(name: str, probe: Probe) -> list[str]:
+    """pasta binds its host sockets of each family to IFACE (SO_BINDTODEVICE).
+
+    Both families, even when IFACE has no IPv6 address: bound there, the
+    command's IPv6 finds no route and fails, rather than leave by another way.
+    """
+    missing = [o for o in ("outbound-if4", "outbound-if6") if o not in probe.options]
+    if missing:
+        raise NetwrapError(f"--iface needs pasta's {', '.join('--' + o for o in missing)}, which {probe.path} lacks; "
+                           "install a newer 'passt' package")
+    return ["--outbound-if4", name, "--outbound-if6", name]
+
+
+def iface_dns_problem(resolv_conf_text: str, iface: str) -> str | None:
+    """Why names will not resolve through pasta's DNS address under --iface; None if they will.
+
+    pasta forwards the sandbox's DNS to the host's first resolver from a socket
+    bound to IFACE; a resolver on the host's loopback (127.0.0.53, as with
+    systemd-resolved) cannot be reached from there. A forced resolver (-d)
+    is reached through IFACE like any peer.
+    """
+    import ipaddress
+
+    from netwrap.backends.tunrelay.addressing import host_resolvers
+
+    first = next((r for r in host_resolvers(resolv_conf_text) if ":" not in r), None)
+    if first is None or not ipaddress.ip_address(first).is_loopback:
+        return None
+    return (f"--iface {iface}: pasta cannot reach the host's resolver {first} on its loopback from {iface}, "
+            f"so names will not resolve; give -d RESOLVER to send DNS out by {iface} too")
 
 
 def _packaged_version(package: str) -> str | None:

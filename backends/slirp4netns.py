@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
@@ -47,6 +48,9 @@ from netwrap.config import Tools
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import debug, searched, which
 from netwrap.linux.scratch import make_private_dir, remove_private_dir
+
+if TYPE_CHECKING:
+    from netwrap.linux.interfaces import Interface
 
 TAP = "tap0"
 MTU = 65520
@@ -103,7 +107,7 @@ class Slirp4netnsBackend:
 
     def start(self, target: Target, config, probe: Probe | None = None) -> "Slirp4netnsHandle":
         probe = probe or self._probe or self.probe()
-        ipv6 = ipv6_possible(probe, target)
+        ipv6 = ipv6_possible(probe, target) and outbound_ipv6_possible(probe, config.outbound_interface)
         if ipv6:
             # Before tap0 exists, so it inherits it: no SLAAC address or RA
             # route racing the static ones set after "ready".
@@ -126,7 +130,7 @@ class Slirp4netnsBackend:
             argv.append("--enable-sandbox")
         if "enable-seccomp" in probe.options:
             argv.append("--enable-seccomp")
-        argv += _outbound_options(getattr(config, "outbound", None), probe, ipv6=ipv6)  # no CLI flag yet
+        argv += _outbound_options(config.outbound_interface, ipv6=ipv6)
         if target.rootful:
             argv += ["--netns-type=path", f"/proc/self/fd/{target.netns_fd}", TAP]
         else:
@@ -134,21 +138,19 @@ class Slirp4netnsBackend:
         return argv
 
 
-def _outbound_options(outbound: str | None, probe: Probe, *, ipv6: bool) -> list[str]:
-    """An interface name binds both families; an address only its own."""
-    if not outbound:
-        return []
-    import ipaddress  # only when asked for
+def _outbound_options(outbound: "Interface | None", *, ipv6: bool) -> list[str]:
+    """Bind slirp4netns's host sockets to IFACE's first address of each family.
 
-    try:
-        version = ipaddress.ip_address(outbound).version
-    except ValueError:
-        version = None  # an interface name
-    out = []
-    if version in (None, 4) and "outbound-addr" in probe.options:
-        out.append(f"--outbound-addr={outbound}")
-    if version in (None, 6) and ipv6 and "outbound-addr6" in probe.options:
-        out.append(f"--outbound-addr6={outbound}")
+    slirp4netns can only bind an address, not a device: the kernel still
+    picks the route by destination, so the packets leave by IFACE when the
+    host routes by source address (a multi-homed host's `ip rule from ADDR`),
+    else by its route to the destination, with IFACE's address as source.
+    """
+    if outbound is None:
+        return []
+    out = [f"--outbound-addr={outbound.ipv4[0]}"]
+    if ipv6:
+        out.append(f"--outbound-addr6={outbound.ipv6[0]}")
     return out
 
 
@@ -158,6 +160,19 @@ def ipv6_possible(probe: Probe, target: Target) -> bool:
         return False
     if target.tools.ip is None:
         debug("slirp4netns: IPv6 left off: `ip` (iproute2) is not installed")
+        return False
+    return True
+
+
+def outbound_ipv6_possible(probe: Probe, outbound: "Interface | None") -> bool:
+    """With --iface, IPv6 only if it can be bound to IFACE's IPv6 address: it may not leave elsewhere."""
+    if outbound is None:
+        return True
+    if not outbound.ipv6:
+        debug(f"slirp4netns: IPv6 left off: --iface {outbound.name} has no IPv6 address")
+        return False
+    if "outbound-addr6" not in probe.options:
+        debug("slirp4netns: IPv6 left off: this build has no --outbound-addr6 for --iface")
         return False
     return True
 

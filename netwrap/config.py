@@ -13,6 +13,7 @@ import attrs
 
 if TYPE_CHECKING:
     from netwrap.capture.spec import CaptureSpec
+    from netwrap.linux.interfaces import Interface
     from netwrap.linux.userfiles import Identity, OutputFile
     from netwrap.policy.model import Policy
 
@@ -95,6 +96,9 @@ class Config:
     # Whom those outputs were opened for (None: netwrap's own user).
     output_identity: Identity | None = None
     summary: bool = False
+    # -i/--iface: the host interface the command's direct traffic leaves by,
+    # with its addresses as found when the flags were checked (it has IPv4).
+    outbound_interface: Interface | None = None
     # tunrelay's TCP path: "auto" (tproxy when nftables allows, else nat), "tproxy" or "nat".
     tunrelay_tcp: str = "auto"
     verbosity: int = 0  # -1 quiet, 0 normal, 1+ verbose

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 
 from netwrap import __version__
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, Decide, NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_TCP, CAP_UDP, Decide,
+    NetworkInfo, Probe, Target,
 )
 from netwrap.errors import NetwrapError
 from netwrap.linux import rtnetlink
@@ -68,9 +69,12 @@ class TunrelayBackend:
 
     @property
     def capabilities(self) -> frozenset[str]:
-        from .engine import icmp_problem
+        from .engine import OutboundDevice, icmp_problem
 
         caps = {CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_HOST_LOOPBACK}
+        # --iface binds host sockets to the device: unprivileged since Linux 5.7.
+        if OutboundDevice("lo").check() is None:
+            caps.add(CAP_OUTBOUND_INTERFACE)
         # Echo goes out through host ping sockets (net.ipv4.ping_group_range
         # covers both families) or raw sockets as root: declared only if so.
         if icmp_problem(socket.AF_INET) is None:
@@ -140,13 +144,19 @@ class TunrelayHandle:
     @classmethod
     def start(cls, target: Target, config: Config, path: str) -> "TunrelayHandle":
         from .core import CoreConfig, RelayCore
-        from .engine import Engine
+        from .engine import Engine, OutboundDevice
         from .nat import NatConfig
         from .syngate import SynGate
 
         calls = target.calls
         if calls is None:
             raise NetwrapError("tunrelay needs setup calls into the sandbox")
+        outbound = None
+        if config.outbound_interface is not None:
+            outbound = OutboundDevice(config.outbound_interface.name)
+            problem = outbound.check()
+            if problem:
+                raise NetwrapError(f"--iface: tunrelay {problem}")
         nofile = _raise_fd_limit()
         stack = contextlib.ExitStack()
         try:
@@ -211,7 +221,7 @@ class TunrelayHandle:
                     sys.stderr.write(f"netwrap: warning: {message}\n")
 
             engine = Engine(tun_fd=tun_fd, core=core, gate=gate, listeners=listeners, max_pumps=max_flows,
-                            warn=warn)
+                            warn=warn, outbound=outbound)
             stack.callback(engine.close)  # after the thread has ended (stop() joins it first)
             notify_r, notify_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             stack.callback(os.close, notify_r)

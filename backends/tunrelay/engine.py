@@ -80,6 +80,44 @@ def _sockaddr(addr: bytes, port: int) -> tuple:
     return (socket.inet_ntop(address_family(addr), addr), port)
 
 
+class OutboundDevice:
+    """--iface: host sockets bound to one interface (SO_BINDTODEVICE), so they leave by it.
+
+    Binding the interface's address instead would not do: the kernel picks
+    the route by destination, so the packets would carry IFACE's address
+    out of the host's default route. SO_BINDTODEVICE needs no privilege
+    since Linux 5.7 for a socket not yet bound to a device (tunrelay's
+    are fresh); `check()` finds out before the run starts.
+
+    Host loopback (the gateway with --allow-host-loopback, a resolver such as
+    127.0.0.53) is the host itself, not a way out: those sockets stay unbound.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+
+    def bind(self, sock: socket.socket, target: bytes) -> None:
+        if not _is_loopback(target):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.name)
+
+    def check(self) -> str | None:
+        """Why sockets cannot be bound to the device here; None if they can."""
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.name)
+        except OSError as exc:
+            return (f"cannot bind sockets to {self.name.decode()} (SO_BINDTODEVICE: {exc.strerror}); "
+                    "this needs Linux 5.7 or later, or CAP_NET_RAW")
+        return None
+
+
+def _is_loopback(addr: bytes) -> bool:
+    return addr[0] == 127 if len(addr) == 4 else addr == LOOPBACK6
+
+
+LOOPBACK6 = bytes(15) + b"\x01"
+
+
 class EchoSocket:
     """A host socket for one echo flow: a ping socket, or raw as root."""
 
@@ -94,9 +132,10 @@ class IcmpOpener:
     """Opens echo sockets: ping sockets (allowed by net.ipv4.ping_group_range),
     else raw sockets (root / CAP_NET_RAW), else says why not, once."""
 
-    def __init__(self) -> None:
+    def __init__(self, outbound: OutboundDevice | None = None) -> None:
         self.kind: dict[int, str | None] = {}  # family -> "dgram" | "raw" | None (unknown yet)
         self.problem: str | None = None
+        self.outbound = outbound
 
     def open(self, family: int, target: tuple) -> tuple[socket.socket, bool] | None:
         proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
@@ -107,6 +146,8 @@ class IcmpOpener:
             except OSError:
                 continue
             try:
+                if self.outbound is not None:
+                    self.outbound.bind(s, socket.inet_pton(family, target[0]))
                 s.connect(target)
             except OSError:
                 s.close()
@@ -147,7 +188,8 @@ def icmp_problem(family: int | None = None) -> str | None:
 class Engine:
     def __init__(self, *, tun_fd: int, core: RelayCore, gate: SynGate | None,
                  listeners: list[socket.socket], max_pumps: int = 4096,
-                 clock: Callable[[], float] = time.monotonic, warn: Callable[[str], None] = lambda m: None) -> None:
+                 clock: Callable[[], float] = time.monotonic, warn: Callable[[str], None] = lambda m: None,
+                 outbound: OutboundDevice | None = None) -> None:
         self.tun_fd = tun_fd
         self.core = core
         self.counters = core.counters
@@ -156,7 +198,8 @@ class Engine:
         self.max_pumps = max_pumps
         self.clock = clock
         self.warn = warn
-        self.icmp = IcmpOpener()
+        self.outbound = outbound
+        self.icmp = IcmpOpener(outbound)
         self.pool = PipePool()
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -359,6 +402,8 @@ class Engine:
             return
         try:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.outbound is not None:
+                self.outbound.bind(s, target)
             err = s.connect_ex(_sockaddr(target, port))
         except OSError as exc:
             err = exc.errno or errno.EHOSTUNREACH
@@ -502,6 +547,8 @@ class Engine:
                 self.counters.add("udp_socket_error")
                 return
             try:
+                if self.outbound is not None:
+                    self.outbound.bind(s, flow.target)
                 s.connect(_sockaddr(flow.target, flow.tport))
             except OSError as exc:
                 s.close()

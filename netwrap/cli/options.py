@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts-file", metavar="FILE", help="the sandbox's /etc/hosts (the host's file is untouched)")
     p.add_argument("--add-host", action="append", default=[], metavar="NAME:IP",
                    help="add a hosts entry (repeatable; IPv4 or IPv6)")
+    p.add_argument("-i", "--iface", metavar="IFACE",
+                   help="the command's direct traffic leaves the host through this interface (it needs an "
+                        "IPv4 address; without an IPv6 one the command's IPv6 fails rather than leave elsewhere)")
     p.add_argument("--as-root", action="store_true",
                    help="run the command as root of the sandbox, with capabilities over its network: "
                         "it can then change or remove netwrap's controls (not tamper-proof)")
@@ -165,6 +168,7 @@ def parse(argv: Sequence[str]):
         from netwrap.capture.spec import parse_capture
 
         capture = parse_capture(args.capture, args.capture_point)
+    outbound_interface = _outbound_interface(args.iface) if args.iface is not None else None
     policy = _policy(args)
     # Opened last, once every other check passed, and kept open for the run:
     # nothing can be swapped in between a check and the open.
@@ -183,6 +187,7 @@ def parse(argv: Sequence[str]):
         user=run_as,
         summary=args.summary,
         tunrelay_tcp=args.tunrelay_tcp,
+        outbound_interface=outbound_interface,
         **policy,
         tools=Tools.find(),
         outputs=outputs,
@@ -224,6 +229,29 @@ def _policy(args: argparse.Namespace) -> dict:
                                         offline=args.offline, block_private=args.block_private,
                                         block_metadata=args.block_metadata)
     return fields
+
+
+def _outbound_interface(name: str):
+    """The host interface --iface names, with its addresses (exit 2 if unknown or without IPv4).
+
+    IPv4 is needed on every backend: the sandbox always has it, and
+    slirp4netns binds its host sockets to IFACE's IPv4 address. IPv6 is
+    optional: without it the run's IPv6 has no way out (never another one).
+    """
+    from netwrap.linux import interfaces
+
+    if not name or "/" in name or len(name.encode()) >= 16:  # IFNAMSIZ, and no path tricks
+        raise UsageError(f"--iface {name!r}: not an interface name")
+    try:
+        found = interfaces.lookup(name)
+    except OSError as exc:
+        raise UsageError(f"--iface {name}: cannot read its addresses: {exc.strerror or exc}") from None
+    if found is None:
+        raise UsageError(f"--iface {name}: no such interface (see 'ip link')")
+    if not found.ipv4:
+        raise UsageError(f"--iface {name}: it has no IPv4 address" + (
+            f" (only {', '.join(found.ipv6)})" if found.ipv6 else ""))
+    return found
 
 
 def _open_outputs(capture: CaptureSpec | None, flow_log: str | None,

@@ -319,9 +319,12 @@ def test_doctor_passes_here_and_explains_failures(world: World) -> None:
     assert done.returncode == 0, done.stdout
     assert "ok    user namespaces" in done.stdout and "ok    /dev/net/tun" in done.stdout
     assert "ok    nftables" in done.stdout and "all checks passed" in done.stdout
-    # The world's host namespace (tests/world/netns.py): default routes via the veth to the internet.
+    # The world's host namespace (tests/world/netns.py): default routes via both veths to the internet,
+    # the second uplink's after the first's (a higher metric).
     assert ("ok    host uplink: IPv4 default via 192.0.2.1 dev nwveth0 (192.0.2.2/24); "
-            "IPv6 default via 2001:db8:ff::1 dev nwveth0 (2001:db8:ff::2/64)\n") in done.stdout
+            "IPv4 default via 198.18.0.1 dev nwveth2 (198.18.0.2/24); "
+            "IPv6 default via 2001:db8:ff::1 dev nwveth0 (2001:db8:ff::2/64); "
+            "IPv6 default via 2001:db8:fe::1 dev nwveth2 (2001:db8:fe::2/64)\n") in done.stdout
     broken = world.netwrap("--doctor", env={"PATH": path_without(world, "pasta", "nft")})
     assert broken.returncode == 1
     assert "FAIL  backend pasta: pasta not found in PATH" in broken.stdout

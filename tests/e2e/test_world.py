@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from world import bytegen, dnswire, guard
-from world.addresses import HOST_IF, INET_IF, ZONE
+from world.addresses import HOST_IF, HOST_IF2, INET_IF, INET_IF2, ZONE
 from world.harness import World
 
 CURL = ["curl", "-sS", "--max-time", "10"]
@@ -195,7 +195,39 @@ def test_the_user_runs_the_runtime_copy_of_netwrap(world: World) -> None:
 
 
 def test_the_host_sees_only_its_own_interfaces(world: World) -> None:
-    assert ok(world.run(["ls", "/sys/class/net"])).split() == ["lo", HOST_IF]
+    assert ok(world.run(["ls", "/sys/class/net"])).split() == ["lo", HOST_IF, HOST_IF2]
+
+
+SPOOF = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET
+s = socket.socket(family, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, sys.argv[1].encode())
+s.bind((sys.argv[2], 0))
+s.settimeout(2)
+try:
+    s.connect((sys.argv[3], 80))
+    print("connected")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+@pytest.mark.parametrize("far, second, first", [
+    (World.WORLD_V4, "198.18.0.2", "192.0.2.2"),
+    (World.WORLD_V6, "2001:db8:fe::2", "2001:db8:ff::2"),
+], ids=["ipv4", "ipv6"])
+def test_the_second_uplink_carries_what_is_bound_to_it_and_nothing_else(world: World, far: str, second: str,
+                                                                         first: str) -> None:
+    url = f"http://{far}/hello" if ":" not in far else f"http://[{far}]/hello"
+    mark = world.mark()
+    ok(world.run(["curl", "-sS", "-m", "5", url]))  # the default route: the first uplink
+    ok(world.run(["curl", "-sS", "-m", "5", "--interface", f"if!{HOST_IF2}", url]))
+    ok(world.run(["curl", "-sS", "-m", "5", "--interface", f"host!{second}", url]))  # by the source rule
+    assert [r["peer"] for r in world.http_log(since=mark)] == [first, second, second]
+    # The internet drops the second uplink's addresses when they come by the first veth.
+    assert ok(world.run([world.python, "-c", SPOOF, HOST_IF, second, far])).strip() == "TimeoutError"
+    assert ok(world.run([world.python, "-c", SPOOF, HOST_IF2, second, far])).strip() == "connected"
 
 
 def test_launcher_resets_signals_and_keeps_the_process_group(world: World) -> None:
@@ -273,7 +305,17 @@ CLEAN_V6 = [
 
 
 def test_guard_accepts_a_sealed_table() -> None:
-    assert guard.route_problems(CLEAN_V4 + CLEAN_V6, HOST_IF, "host") == []
+    assert guard.route_problems(CLEAN_V4 + CLEAN_V6, {HOST_IF}, "host") == []
+
+
+def test_guard_accepts_routes_by_the_second_uplink_and_refuses_them_when_it_is_not_one() -> None:
+    second = [
+        {"dst": "default", "gateway": "198.18.0.1", "dev": HOST_IF2, "metric": 200, "flags": []},
+        {"dst": "default", "gateway": "198.18.0.1", "dev": HOST_IF2, "table": "102", "flags": []},
+        {"type": "local", "dst": "198.18.0.2", "dev": HOST_IF2, "table": "local"},
+    ]
+    assert guard.route_problems(CLEAN_V4 + CLEAN_V6 + second, {HOST_IF, HOST_IF2}, "host") == []
+    assert len(guard.route_problems(CLEAN_V4 + CLEAN_V6 + second, {HOST_IF}, "host")) == 3
 
 
 @pytest.mark.parametrize("extra", [
@@ -285,13 +327,13 @@ def test_guard_accepts_a_sealed_table() -> None:
     {"type": "local", "dst": "10.9.9.9", "dev": "eth1", "table": "local"},
 ], ids=["unicast-other-dev", "other-table", "multipath", "nexthop-object", "unknown-type", "local-on-other-dev"])
 def test_guard_refuses_an_extra_route(extra: dict) -> None:
-    problems = guard.route_problems(CLEAN_V4 + CLEAN_V6 + [extra], HOST_IF, "host")
+    problems = guard.route_problems(CLEAN_V4 + CLEAN_V6 + [extra], {HOST_IF, HOST_IF2}, "host")
     assert len(problems) == 1, problems
 
 
 def test_guard_ignores_routes_that_drop() -> None:
     drops = [{"type": kind, "dst": "10.0.0.0/8"} for kind in ("unreachable", "prohibit", "blackhole", "throw")]
-    assert guard.route_problems(CLEAN_V4 + drops, HOST_IF, "host") == []
+    assert guard.route_problems(CLEAN_V4 + drops, {HOST_IF}, "host") == []
 
 
 def test_guard_refuses_extra_or_missing_interfaces() -> None:
@@ -306,19 +348,31 @@ def test_guard_checks_the_veth_pairing() -> None:
             {"ifname": HOST_IF, "ifindex": 5, "link_index": 9, "link_netnsid": 0, "linkinfo": {"info_kind": "veth"}}]
     inet = [{"ifname": "lo", "ifindex": 1}, {"ifname": INET_IF, "ifindex": 9, "link_index": 5, "link_netnsid": 0}]
     ids = [{"nsid": 0, "name": "nwi1"}]
-    assert guard.pairing_problems(host, inet, ids, "nwi1") == []
-    assert guard.pairing_problems(host, inet, ids, "nwi2")  # peer in another namespace
-    assert guard.pairing_problems(host, inet[:1], ids, "nwi1")
+    one = [(HOST_IF, INET_IF)]
+    assert guard.pairing_problems(host, inet, ids, "nwi1", one) == []
+    assert guard.pairing_problems(host, inet, ids, "nwi2", one)  # peer in another namespace
+    assert guard.pairing_problems(host, inet[:1], ids, "nwi1", one)
     wrong = [dict(inet[1], link_index=6)]
-    assert guard.pairing_problems(host, inet[:1] + wrong, ids, "nwi1")
+    assert guard.pairing_problems(host, inet[:1] + wrong, ids, "nwi1", one)
+    # Both uplinks by default: the second one's pair is checked too.
+    assert guard.pairing_problems(host, inet, ids, "nwi1") == [
+        f"the veth {HOST_IF2}-{INET_IF2} between host and internet is missing"]
+    host2 = host + [{"ifname": HOST_IF2, "ifindex": 6, "link_index": 10, "link_netnsid": 0,
+                     "linkinfo": {"info_kind": "veth"}}]
+    inet2 = inet + [{"ifname": INET_IF2, "ifindex": 10, "link_index": 6, "link_netnsid": 0}]
+    assert guard.pairing_problems(host2, inet2, ids, "nwi1") == []
+    swapped = [dict(inet2[1], link_index=6), dict(inet2[2], link_index=5)]
+    assert len(guard.pairing_problems(host2, inet[:1] + swapped, ids, "nwi1")) == 2
 
 
 def test_guard_passes_the_live_world_and_refuses_it_with_one_more_route(world: World) -> None:
     assert guard.inspect(world.host_ns, world.inet_ns) == []
     live = guard._json("-4", "route", "show", "table", "all", ns=world.host_ns)
-    assert guard.route_problems(live, HOST_IF, "host") == []
+    assert guard.route_problems(live, {HOST_IF, HOST_IF2}, "host") == []
     extra = {"dst": "203.0.113.0/24", "gateway": "10.0.0.1", "dev": "eth9", "flags": []}
-    assert guard.route_problems(live + [extra], HOST_IF, "host")
+    assert guard.route_problems(live + [extra], {HOST_IF, HOST_IF2}, "host")
+    # The live world's second uplink really is one: without it in the list, its routes are refused.
+    assert any(HOST_IF2 in p for p in guard.route_problems(live, {HOST_IF}, "host"))
 
 
 # -- pure pieces: DNS wire format, the byte generator -----------------------------------------

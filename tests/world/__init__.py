@@ -1,15 +1,17 @@
 """The test world: a sealed little internet for netwrap's end-to-end tests.
 
-Two network namespaces made by the test run (root needed), joined by a veth:
+Two network namespaces made by the test run (root needed), joined by two veths:
 
   host  nwh<pid>   where netwrap runs; lo + nwveth0 (192.0.2.2/24, 2001:db8:ff::2/64),
-                   default routes to the internet; a stub resolver on 127.0.0.53;
+                   default routes to the internet; a second uplink nwveth2 (198.18.0.2/24,
+                   2001:db8:fe::2/64) with defaults of a higher metric and source-address
+                   rules (for --iface); a stub resolver on 127.0.0.53;
                    /etc/resolv.conf is a symlink naming only 127.0.0.53
   inet  nwi<pid>   answers *every* address (AnyIP): HTTP on 80 and 8080, HTTPS on
                    443, DNS on 53 (UDP+TCP), UDP echo on 7, all served by worldd
 
 Before anything is sent, the guard checks that the host's only interfaces are
-lo and the veth and that every route leaves by that veth (else pytest.exit).
+lo and the two veths and that every route leaves by one of them (else pytest.exit).
 
 The `world` fixture (session) yields a World:
 

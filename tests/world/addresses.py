@@ -29,6 +29,26 @@ LINK_V4_NET = "192.0.2.0/24"
 HOST_V6 = "2001:db8:ff::2"
 INET_V6 = "2001:db8:ff::1"
 LINK_V6_NET = "2001:db8:ff::/64"
+# The host's second uplink to the internet (for --iface): its default routes
+# have a higher metric, so only traffic bound to it leaves this way. The
+# benchmarking range (RFC 2544) and another documentation prefix.
+HOST_IF2 = "nwveth2"
+INET_IF2 = "nwveth3"
+HOST2_V4 = "198.18.0.2"
+INET2_V4 = "198.18.0.1"
+LINK2_V4_NET = "198.18.0.0/24"
+HOST2_V6 = "2001:db8:fe::2"
+INET2_V6 = "2001:db8:fe::1"
+LINK2_V6_NET = "2001:db8:fe::/64"
+# The host routes by source address, as a multi-homed host does: whatever
+# leaves from the second uplink's addresses takes that uplink (this table).
+UPLINK2_TABLE = 102
+# Above the first uplink's defaults (IPv4 metric 0, IPv6 1024).
+UPLINK2_METRIC_V4 = 200
+UPLINK2_METRIC_V6 = 2048
+# The world's uplinks as (host side, internet side).
+UPLINKS = ((HOST_IF, INET_IF), (HOST_IF2, INET_IF2))
+
 # Addresses of the host on its own lo, outside 127.0.0.0/8 and ::1 (as a
 # service address or an anycast one would be): the host's, not loopback.
 HOST_LO_V4 = "192.0.2.200"

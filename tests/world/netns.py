@@ -1,8 +1,17 @@
 """The world's two network namespaces and the veth between them.
 
     host  (nwh<pid>)  lo (+ 192.0.2.200/32 2001:db8:ff::200/128), nwveth0 192.0.2.2/24 2001:db8:ff::2/64,
-                      default via the veth
-    inet  (nwi<pid>)  lo, nwveth1 192.0.2.1/24 2001:db8:ff::1/64, every address local
+                      default via the veth; nwveth2 198.18.0.2/24 2001:db8:fe::2/64, a second
+                      uplink: defaults of a higher metric, and the source-address rules of a
+                      multi-homed host (from its addresses: table 102, default via nwveth2)
+    inet  (nwi<pid>)  lo, nwveth1 192.0.2.1/24 2001:db8:ff::1/64, nwveth3 198.18.0.1/24
+                      2001:db8:fe::1/64, every address local
+
+The second uplink is there for --iface: the far end sees which uplink a
+connection came by in its peer address. The internet drops packets from the
+second uplink's addresses that arrive by the first veth (ingress filtering,
+BCP 38), so an address that went out by the wrong link cannot pass for the
+right one.
 
 The internet namespace answers every address: `local 0.0.0.0/0 dev lo` and
 `local ::/0 dev lo` in table local (AnyIP).  Table local is consulted before
@@ -21,8 +30,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from .addresses import (HOST_IF, HOST_LO_V4, HOST_LO_V6, HOST_V4, HOST_V6, INET_IF, INET_V4, INET_V6,
-                        LINK_V4_NET, LINK_V6_NET)
+from .addresses import (HOST2_V4, HOST2_V6, HOST_IF, HOST_IF2, HOST_LO_V4, HOST_LO_V6, HOST_V4, HOST_V6, INET2_V4,
+                        INET2_V6, INET_IF, INET_IF2, INET_V4, INET_V6, LINK2_V4_NET, LINK2_V6_NET, LINK_V4_NET,
+                        LINK_V6_NET, UPLINK2_METRIC_V4, UPLINK2_METRIC_V6, UPLINK2_TABLE)
 
 NETNS_DIR = Path("/run/netns")
 IP_TIMEOUT = 20
@@ -53,6 +63,13 @@ def _sysctl(netns: str, *settings: str) -> None:
         raise NetnsError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
 
 
+def _nft(netns: str, ruleset: str) -> None:
+    argv = ["nsenter", f"--net={path_of(netns)}", "nft", "-f", "-"]
+    result = subprocess.run(argv, input=ruleset, capture_output=True, text=True, timeout=IP_TIMEOUT)
+    if result.returncode != 0:
+        raise NetnsError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
+
+
 def add(name: str) -> None:
     ip("netns", "add", name)
 
@@ -77,6 +94,7 @@ def configure(host: str, inet: str) -> None:
     ip("-batch", "-", netns=host, stdin=(
         "link set lo up\n"
         f"link add {HOST_IF} type veth peer name {INET_IF} netns {inet}\n"
+        f"link add {HOST_IF2} type veth peer name {INET_IF2} netns {inet}\n"
     ))
     ip("-batch", "-", netns=inet, stdin=(
         "link set lo up\n"
@@ -88,6 +106,21 @@ def configure(host: str, inet: str) -> None:
         f"route add {LINK_V4_NET} dev {INET_IF} table local src {INET_V4}\n"
         f"route add {LINK_V6_NET} dev {INET_IF} table local\n"
         f"route add fe80::/64 dev {INET_IF} table local\n"
+        f"addr add {INET2_V4}/24 dev {INET_IF2}\n"
+        f"addr add {INET2_V6}/64 dev {INET_IF2} nodad\n"
+        f"link set {INET_IF2} up\n"
+        f"route add {LINK2_V4_NET} dev {INET_IF2} table local src {INET2_V4}\n"
+        f"route add {LINK2_V6_NET} dev {INET_IF2} table local\n"
+        f"route add fe80::/64 dev {INET_IF2} table local metric 2\n"
+    ))
+    _nft(inet, (
+        "table inet nwworld {\n"
+        "  chain ingress_filter {\n"
+        "    type filter hook prerouting priority raw; policy accept;\n"
+        f"    iifname \"{INET_IF}\" ip saddr {LINK2_V4_NET} drop\n"
+        f"    iifname \"{INET_IF}\" ip6 saddr {LINK2_V6_NET} drop\n"
+        "  }\n"
+        "}\n"
     ))
     ip("-batch", "-", netns=host, stdin=(
         f"addr add {HOST_V4}/24 dev {HOST_IF}\n"
@@ -97,7 +130,18 @@ def configure(host: str, inet: str) -> None:
         f"link set {HOST_IF} up\n"
         f"route add default via {INET_V4}\n"
         f"route add default via {INET_V6}\n"
+        f"addr add {HOST2_V4}/24 dev {HOST_IF2}\n"
+        f"addr add {HOST2_V6}/64 dev {HOST_IF2} nodad\n"
+        f"link set {HOST_IF2} up\n"
+        f"route add default via {INET2_V4} metric {UPLINK2_METRIC_V4}\n"
+        f"route add default via {INET2_V6} metric {UPLINK2_METRIC_V6}\n"
+        f"route add default via {INET2_V4} table {UPLINK2_TABLE}\n"
+        f"route add default via {INET2_V6} table {UPLINK2_TABLE}\n"
+        f"rule add from {HOST2_V4} table {UPLINK2_TABLE} priority {UPLINK2_TABLE}\n"
     ))
+    # A batch line cannot say -6, and `ip rule` does not infer IPv6 from the address.
+    ip("-6", "rule", "add", "from", HOST2_V6, "table", str(UPLINK2_TABLE), "priority", str(UPLINK2_TABLE),
+       netns=host)
 
 
 def pids_in(name: str) -> list[int]:

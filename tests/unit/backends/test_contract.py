@@ -173,3 +173,39 @@ def test_pasta_sandbox_has_its_own_addresses_not_the_hosts() -> None:
     assert [v for o, v in pairs if o == "--gateway"] == ["10.0.2.2", "fd00::2"]
     assert ("--netmask", "24") in pairs and ("--dns-forward", "10.0.2.3") in pairs
     assert "--no-map-gw" in argv and ("--tcp-ns", "none") in pairs and ("--udp-ns", "none") in pairs
+
+
+def test_pasta_iface_binds_both_families_to_the_interface() -> None:
+    from netwrap.backends import Probe, Target
+    from netwrap.config import Config
+    from netwrap.errors import NetwrapError
+    from netwrap.linux.interfaces import Interface
+    options = frozenset({"no-map-gw", "foreground", "config-net", "pid", "outbound-if4", "outbound-if6"})
+    probe = Probe(available=True, path="/usr/bin/pasta", options=options)
+    uplink = Interface(name="up2", index=7, ipv4=("198.18.0.2",))  # no IPv6: bound anyway, so it fails closed
+    cfg = Config(command=("true",), rootful=False, caller_uid=1000, caller_gid=1000, outbound_interface=uplink)
+    target = Target(pid=4242, rootful=False, netns_fd=-1)
+    argv = PastaBackend().argv(target, cfg, probe, pidfile="PID")
+    pairs = list(zip(argv, argv[1:]))
+    assert ("--outbound-if4", "up2") in pairs and ("--outbound-if6", "up2") in pairs
+    assert argv[-1] == "4242"
+    plain = PastaBackend().argv(target, Config(command=("true",), rootful=False, caller_uid=1000, caller_gid=1000),
+                                probe, pidfile="PID")
+    assert not [a for a in plain if a.startswith("--outbound")]
+    old = Probe(available=True, path="/usr/bin/pasta", options=options - {"outbound-if6"})
+    with pytest.raises(NetwrapError, match="--outbound-if6"):
+        PastaBackend().argv(target, cfg, old, pidfile="PID")
+
+
+@pytest.mark.parametrize("resolv_conf, warned", [
+    ("nameserver 127.0.0.53\noptions edns0\n", True),  # systemd-resolved's stub
+    ("# generated\nnameserver 2001:db8::53\nnameserver 127.0.0.1\n", True),  # pasta forwards IPv4 DNS to the first IPv4
+    ("nameserver 192.0.2.53\nnameserver 127.0.0.53\n", False),
+    ("", False),
+])
+def test_pasta_warns_when_iface_cuts_it_off_from_a_loopback_resolver(resolv_conf: str, warned: bool) -> None:
+    from netwrap.backends.pasta import iface_dns_problem
+    problem = iface_dns_problem(resolv_conf, "up2")
+    assert (problem is not None) is warned
+    if warned:
+        assert problem.startswith("--iface up2: pasta cannot reach the host's resolver 127.0.0.") and "-d RESOLVER" in problem

@@ -16,6 +16,7 @@ from netwrap.backends import Probe, Target, slirp4netns
 from netwrap.backends.slirp4netns import Slirp4netnsBackend, Slirp4netnsHandle
 from netwrap.config import Config, Tools
 from netwrap.errors import NetwrapError
+from netwrap.linux.interfaces import Interface
 from netwrap.linux import commands
 
 import freshnet
@@ -76,20 +77,30 @@ def test_options_the_build_lacks_are_left_out():
                        "--api-socket=/run/x/api.sock"]
 
 
-@pytest.mark.parametrize("outbound, expected", [
-    ("eth1", ["--outbound-addr=eth1", "--outbound-addr6=eth1"]),
-    ("192.0.2.7", ["--outbound-addr=192.0.2.7"]),
-    ("2001:db8::7", ["--outbound-addr6=2001:db8::7"]),
-])
-def test_outbound_interface_or_address(outbound, expected):
-    class WithOutbound:  # Config has no such field yet
-        allow_host_loopback = False
+UPLINK2 = Interface(name="up2", index=7, ipv4=("198.18.0.2", "198.18.0.3"), ipv6=("2001:db8:fe::2",))
+UPLINK2_V4_ONLY = Interface(name="up2", index=7, ipv4=("198.18.0.2",))
 
-    WithOutbound.outbound = outbound
-    assert [a for a in argv(cfg=WithOutbound()) if "outbound" in a] == expected
-    assert [a for a in argv(cfg=WithOutbound(), ipv6=False) if "outbound" in a] == [
-        a for a in expected if "addr6" not in a]
-    assert not [a for a in argv(cfg=WithOutbound(), pr=probe(OLD_OPTIONS)) if "outbound" in a]
+
+def test_iface_binds_its_first_address_of_each_family():
+    got = argv(cfg=config(outbound_interface=UPLINK2))
+    assert [a for a in got if "outbound" in a] == ["--outbound-addr=198.18.0.2", "--outbound-addr6=2001:db8:fe::2"]
+    assert got[-2:] == ["4242", "tap0"]
+    got = argv(cfg=config(outbound_interface=UPLINK2), ipv6=False)
+    assert [a for a in got if "outbound" in a] == ["--outbound-addr=198.18.0.2"]
+    assert not [a for a in argv() if "outbound" in a]
+
+
+def test_iface_without_ipv6_turns_the_sandboxs_ipv6_off():
+    # IPv6 that could not be bound to IFACE would leave by the host's default route.
+    assert slirp4netns.outbound_ipv6_possible(probe(), None)
+    assert slirp4netns.outbound_ipv6_possible(probe(), UPLINK2)
+    assert not slirp4netns.outbound_ipv6_possible(probe(), UPLINK2_V4_ONLY)
+    assert not slirp4netns.outbound_ipv6_possible(probe(ALL_OPTIONS - {"outbound-addr6"}), UPLINK2)
+
+
+def test_iface_capability_follows_the_builds_outbound_addr():
+    assert "outbound-interface" in slirp4netns.capabilities_for(probe(), ipv6=True, icmp=True)
+    assert "outbound-interface" not in slirp4netns.capabilities_for(probe(OLD_OPTIONS), ipv6=True, icmp=True)
 
 
 def test_ipv6_needs_the_option_and_a_sandbox_to_configure():

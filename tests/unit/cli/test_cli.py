@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -45,6 +46,11 @@ def test_defaults():
         (["--dns-allowed-only", "true"], "--dns-allowed-only needs an allow list"),
         (["--dns-allowed-only", "--deny", "192.0.2.1", "true"], "--dns-allowed-only needs an allow list"),
         (["--dns-allowed-only", "--offline", "--allow", "www.example.test", "true"], "exclude each other"),
+        (["-i", "nw-no-such0", "true"], "--iface nw-no-such0: no such interface"),
+        (["--iface", "../eth0", "true"], "not an interface name"),
+        (["--iface", "x" * 16, "true"], "not an interface name"),  # IFNAMSIZ is 16 with its NUL
+        # lo's addresses (127.0.0.1, ::1) are host-scoped: nothing can leave from them.
+        (["-i", "lo", "true"], "--iface lo: it has no IPv4 address$"),
     ],
 )
 def test_bad_input_is_a_usage_error(argv, message):
@@ -78,7 +84,8 @@ def _netwrap(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "netwrap", *args], capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize("args", [["--bogus", "true"], ["--backend", "nope", "true"], [], ["backends", "extra"]])
+@pytest.mark.parametrize("args", [["--bogus", "true"], ["--backend", "nope", "true"], [], ["backends", "extra"],
+                                  ["-i", "nw-no-such0", "true"], ["--iface", "lo", "true"]])
 def test_usage_errors_are_one_line_and_exit_2(args):
     done = _netwrap(*args)
     assert done.returncode == 2
@@ -171,3 +178,29 @@ def test_options_map_to_capabilities_and_missing_ones_are_refused():
     with pytest.raises(NetwrapError, match="--allow-host-loopback needs host-loopback, which backend fake lacks"):
         backends.check_capabilities(_FakeBackend(), config)
     backends.check_capabilities(_FakeBackend(), cli.parse(["-d", "192.0.2.53", "true"]))  # nothing needed
+
+
+def _an_interface_with_ipv4() -> tuple[str, str]:
+    """(name, address) of a host interface with a global IPv4 address, read by pyroute2."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for a in ipr.get_addr(family=socket.AF_INET):
+            if a["scope"] == 0:
+                return names[a["index"]], a.get_attr("IFA_LOCAL")
+    pytest.skip("this machine has no interface with a global IPv4 address")
+
+
+def test_iface_keeps_the_interfaces_addresses_and_needs_the_capability():
+    from netwrap import backends
+    from netwrap.errors import NetwrapError
+
+    name, address = _an_interface_with_ipv4()
+    config = cli.parse(["-i", name, "true"])
+    assert config.outbound_interface is not None
+    assert config.outbound_interface.name == name and address in config.outbound_interface.ipv4
+    assert config.outbound_interface.index == socket.if_nametoindex(name)
+    assert backends.required_capabilities(config) == {"outbound-interface": f"--iface {name}"}
+    with pytest.raises(NetwrapError, match=f"--iface {name} needs outbound-interface, which backend fake lacks"):
+        backends.check_capabilities(_FakeBackend(), config)

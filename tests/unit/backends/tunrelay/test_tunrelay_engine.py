@@ -134,3 +134,29 @@ def test_stop_is_prompt() -> None:
     eng.close()
     child.close()
     tun.close()
+
+
+def _bound_device(s: socket.socket) -> bytes:
+    return s.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 16).rstrip(b"\0")
+
+
+@pytest.mark.parametrize("family, target, bound", [
+    (socket.AF_INET, bytes([198, 18, 0, 9]), b"lo"),
+    (socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "2001:db8::9"), b"lo"),
+    (socket.AF_INET, LO, b""),  # host loopback (a resolver like 127.0.0.53) is the host, not a way out
+    (socket.AF_INET, bytes([127, 0, 0, 53]), b""),
+    (socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "::1"), b""),
+])
+def test_outbound_device_binds_every_host_socket_but_loopback(family, target, bound) -> None:
+    # "lo" is the one device every machine has; the kernel reports the binding back.
+    device = engine_mod.OutboundDevice("lo")
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(family, kind) as s:
+            device.bind(s, target)
+            assert _bound_device(s) == bound
+
+
+def test_outbound_device_check_names_the_failure() -> None:
+    assert engine_mod.OutboundDevice("lo").check() is None
+    problem = engine_mod.OutboundDevice("nw-none0").check()
+    assert problem is not None and problem.startswith("cannot bind sockets to nw-none0 (SO_BINDTODEVICE: No such device)")
