@@ -174,7 +174,7 @@ class PolicyEngine:
             self.control.settimeout(ACK_TIMEOUT)
         redirects: list[policy_nft.DnsRedirect] = []
         if policy.hostnames:
-            self.resolved = resolve_at_start(policy.hostnames, hosts_texts(self.config))
+            self.resolved = resolve_at_start(policy.hostnames, hosts_texts(self.config), forced=self.config.dns)
             self.dns = DnsProxyService(open_socket=calls.socket, mark=policy_nft.PROXY_MARK, on_learn=self._learn)
             self._stack.callback(self.dns.stop)
             seen_family: set[int] = set()
