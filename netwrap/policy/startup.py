@@ -30,7 +30,9 @@ def build(config: Config, *, host_addresses: Iterable[str] = (), dns_servers: It
     """The Policy of a run: the one the CLI parsed once, with what the backend set up."""
     if config.policy is None:
         raise NetwrapError("the run's network policy was not parsed (netwrap.cli.options builds Config.policy)")
-    return config.policy.with_network(host_addresses=host_addresses, dns_servers=dns_servers)
+    # Under --dns every DNS flow goes to the forced resolver (netwrap.dns.path).
+    return config.policy.with_network(host_addresses=host_addresses, dns_servers=dns_servers,
+                                      dns_anywhere=bool(config.dns))
 
 
 def start_time_decide(config: Config, network: NetworkInfo) -> Callable[..., Decision]:
