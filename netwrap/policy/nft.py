@@ -28,8 +28,8 @@ Why ``fib daddr type local`` and not ``oif "lo"``: tunrelay's fast path
 marks outbound TCP and reroutes it to lo for TPROXY before this chain
 runs, so an oif test would wave every TCP flow through.  The destination
 address is unchanged by that reroute, and fib's ``type`` looks only at
-the local table, so it still says "remote".  (DNS forcing DNATs at
-priority dstnat, before this chain: the resolver address is what we see.)
+the local table, so it still says "remote".  The DNS path
+(netwrap.dns.intercept) reroutes DNS the same way.
 
 Refusals fail fast, never time out:
 - TCP: ``reject with tcp reset``: connect() gets ECONNREFUSED at once.
