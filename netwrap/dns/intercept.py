@@ -41,9 +41,9 @@ class Listeners:
     """The loopback ports of the proxy's transparent listeners in the sandbox."""
 
     udp4: int
-    udp6: int
     tcp4: int
-    tcp6: int
+    udp6: int | None = None  # None: the sandbox has no IPv6
+    tcp6: int | None = None
 
 
 def render_interception(ports: Listeners, mark: int = MARK) -> str:
@@ -52,6 +52,8 @@ def render_interception(ports: Listeners, mark: int = MARK) -> str:
     steer = []
     for family, proto, addr, port in (("ipv4", "udp", "127.0.0.1", ports.udp4), ("ipv4", "tcp", "127.0.0.1", ports.tcp4),
                                       ("ipv6", "udp", "[::1]", ports.udp6), ("ipv6", "tcp", "[::1]", ports.tcp6)):
+        if port is None:
+            continue
         ip = "ip" if family == "ipv4" else "ip6"
         steer.append(f'\t\tiifname "lo" meta mark & {m} == {m} meta nfproto {family} {proto} dport {DNS_PORT} '
                      f"tproxy {ip} to {addr}:{port} accept")

@@ -70,18 +70,20 @@ class DnsPath:
             with calls.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                               socket.NETLINK_ROUTE) as nl:
                 nl.settimeout(5.0)
+                families = (socket.AF_INET, socket.AF_INET6) if socket.AF_INET6 in sockets.udp else (socket.AF_INET,)
                 tproxy.route_marked_to_lo(rtnetlink.Rtnl(nl), mark=intercept.MARK, table=intercept.ROUTE_TABLE,
-                                          priority=intercept.RULE_PRIORITY)
+                                          priority=intercept.RULE_PRIORITY, families=families)
         except OSError as exc:
             stack.close()
             raise NetwrapError(f"cannot set up the DNS path in the sandbox: {exc.strerror or exc}") from None
         except BaseException:
             stack.close()
             raise
+        v6 = socket.AF_INET6 in sockets.udp
         ports = intercept.Listeners(udp4=sockets.udp[socket.AF_INET].getsockname()[1],
-                                    udp6=sockets.udp[socket.AF_INET6].getsockname()[1],
                                     tcp4=sockets.tcp[socket.AF_INET].getsockname()[1],
-                                    tcp6=sockets.tcp[socket.AF_INET6].getsockname()[1])
+                                    udp6=sockets.udp[socket.AF_INET6].getsockname()[1] if v6 else None,
+                                    tcp6=sockets.tcp[socket.AF_INET6].getsockname()[1] if v6 else None)
         choose = functools.partial(intercept.choose_upstream, forced=tuple(config.dns),
                                    backend_dns=tuple(network.dns),
                                    host_resolvers=tuple(host_resolvers(read_host_file(HOST_RESOLV_CONF))))

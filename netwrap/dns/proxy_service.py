@@ -65,13 +65,24 @@ def open_in_sandbox(calls: SandboxCalls, stack: contextlib.ExitStack) -> Sandbox
     out: dict[str, dict[int, socket.socket]] = {"udp": {}, "tcp": {}, "raw": {}}
     for family in FAMILIES:
         loopback = tproxy.LOOPBACK[family]
-        for kind, type_, proto, bind, listen, options in (
-            ("udp", socket.SOCK_DGRAM, 0, (loopback, 0), None, tproxy.listener_options(family, origdst=True)),
-            ("tcp", socket.SOCK_STREAM, 0, (loopback, 0), 64, tproxy.listener_options(family)),
-            ("raw", socket.SOCK_RAW, socket.IPPROTO_RAW, None, None, []),
-        ):
-            s = calls.socket(family, type_ | socket.SOCK_CLOEXEC, proto, bind=bind, listen=listen, options=options)
-            stack.callback(s.close)
+        opened = []
+        try:
+            for kind, type_, proto, bind, listen, options in (
+                ("udp", socket.SOCK_DGRAM, 0, (loopback, 0), None, tproxy.listener_options(family, origdst=True)),
+                ("tcp", socket.SOCK_STREAM, 0, (loopback, 0), 64, tproxy.listener_options(family)),
+                ("raw", socket.SOCK_RAW, socket.IPPROTO_RAW, None, None, []),
+            ):
+                s = calls.socket(family, type_ | socket.SOCK_CLOEXEC, proto, bind=bind, listen=listen,
+                                 options=options)
+                stack.callback(s.close)
+                opened.append((kind, s))
+        except OSError as exc:
+            if family == socket.AF_INET:
+                raise
+            # A kernel without IPv6 (ipv6.disable=1): the command has no IPv6 DNS to take over.
+            debug(f"DNS proxy: no IPv6 listeners in the sandbox ({exc})")
+            continue
+        for kind, s in opened:
             out[kind][family] = s
     return SandboxSockets(**out)
 

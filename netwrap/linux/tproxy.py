@@ -52,12 +52,13 @@ def original_destination(ancdata: list[tuple[int, int, bytes]]) -> tuple[str, in
     return None
 
 
-def route_marked_to_lo(rtnl: Rtnl, *, mark: int, table: int, priority: int) -> None:
+def route_marked_to_lo(rtnl: Rtnl, *, mark: int, table: int, priority: int,
+                       families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6)) -> None:
     """`ip rule add fwmark MARK/MARK lookup TABLE priority P` and `ip route add
     local default dev lo table TABLE`, IPv4 and IPv6 (OSError, NetwrapError)."""
     from netwrap.linux import rtnetlink
 
-    for family in (socket.AF_INET, socket.AF_INET6):
+    for family in families:
         rtnl.request(lambda s: rtnetlink.add_rule(family, fwmark=mark, fwmask=mark, table=table,
                                                   priority=priority, seq=s),
                      "add the TPROXY routing rule")

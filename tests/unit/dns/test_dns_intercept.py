@@ -70,3 +70,9 @@ def test_ruleset_is_valid_nft(tmp_path):
     path.write_text(intercept.render_interception(PORTS))
     done = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_without_ipv6_only_ipv4_is_steered():
+    text = intercept.render_interception(Listeners(udp4=40001, tcp4=40003))
+    assert "tproxy ip to 127.0.0.1:40001" in text and "tproxy ip to 127.0.0.1:40003" in text
+    assert "ip6" not in text and "nfproto ipv6" not in text
