@@ -15,18 +15,13 @@ UNIT = Path(__file__).resolve().parent / "unit"
 
 
 def main() -> int:
-    sys.path[:0] = [str(UNIT / "policy"), str(UNIT / "dns")]
-    import test_dnsfiles
+    sys.path[:0] = [str(UNIT / "policy")]
     import test_policy_nft
 
     written = []
     for case in sorted(test_policy_nft.CASES):
         path = test_policy_nft.GOLDEN / f"{case}.nft"
         path.write_text(test_policy_nft.rendered(case))
-        written.append(path)
-    for name, resolvers in sorted(test_dnsfiles.CASES.items()):
-        path = test_dnsfiles.GOLDEN / f"{name}.nft"
-        path.write_text(test_dnsfiles.dnsfiles.render_dns_forcing(resolvers))
         written.append(path)
     for path in written:
         print(path.relative_to(UNIT.parent.parent))

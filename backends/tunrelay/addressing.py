@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from netwrap.linux.hostfiles import host_resolvers
+
 from .nat import ALLOW, REJECT, Verdict
 from .packets import ICMP, ICMPV6, TCP, UDP
 
@@ -49,20 +51,6 @@ LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 
 def packed(text: str) -> bytes:
     return ipaddress.ip_address(text).packed
-
-
-def host_resolvers(resolv_conf_text: str) -> list[str]:
-    """The nameserver lines of a resolv.conf, in order; scoped ones
-    (fe80::1%eth0) are skipped: the scope names a host interface."""
-    out = []
-    for line in resolv_conf_text.splitlines():
-        words = line.split("#", 1)[0].split(";", 1)[0].split()
-        if len(words) >= 2 and words[0] == "nameserver" and "%" not in words[1]:
-            try:
-                out.append(str(ipaddress.ip_address(words[1])))
-            except ValueError:
-                continue
-    return out
 
 
 def first_resolver(resolv_conf_text: str) -> str:

@@ -38,6 +38,7 @@ from netwrap.backends import (
 )
 from netwrap.errors import NetwrapError
 from netwrap.linux import rtnetlink
+from netwrap.linux import tproxy as transparent
 from netwrap.linux.commands import debug, searched
 from netwrap.linux.hostfiles import read_host_file
 
@@ -56,8 +57,6 @@ if TYPE_CHECKING:  # types only: backends never import the front-end at run time
 
 TCP_PATHS = ("auto", "tproxy", "nat")
 LISTEN_BACKLOG = 4096
-IP_TRANSPARENT = 19
-IPV6_TRANSPARENT = 75
 OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6
 OFFLOADS_NO_USO = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6  # kernels before 6.2
 STOP_TIMEOUT = 2.0
@@ -362,21 +361,16 @@ def _setup_tproxy(calls: SandboxCalls, rtnl: rtnetlink.Rtnl, stack: contextlib.E
     calls.write(f"{conf}/{A.TUN_NAME}/rp_filter", "0")
     calls.write(f"{conf}/all/rp_filter", "0")
     l4 = calls.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC,
-                      options=[(socket.SOL_IP, IP_TRANSPARENT, 1)], bind=("127.0.0.1", 0), listen=LISTEN_BACKLOG)
+                      options=transparent.listener_options(socket.AF_INET), bind=("127.0.0.1", 0),
+                      listen=LISTEN_BACKLOG)
     stack.callback(l4.close)
     l6 = calls.socket(socket.AF_INET6, socket.SOCK_STREAM | socket.SOCK_CLOEXEC,
-                      options=[(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1), (socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)],
+                      options=transparent.listener_options(socket.AF_INET6),
                       bind=("::1", 0), listen=LISTEN_BACKLOG)
     stack.callback(l6.close)
     ruleset = tproxy.render_ruleset(A.TUN_NAME, l4.getsockname()[1], l6.getsockname()[1])
     calls.run([nft, "-f", "-"], input=ruleset)
-    for family in (socket.AF_INET, socket.AF_INET6):
-        rtnl.request(lambda s: rtnetlink.add_rule(family, fwmark=tproxy.MARK, fwmask=tproxy.MARK,
-                                                  table=tproxy.ROUTE_TABLE, priority=tproxy.RULE_PRIORITY, seq=s),
-                     "add the TPROXY routing rule")
-        rtnl.request(lambda s: rtnetlink.add_route(family, oif=1, table=tproxy.ROUTE_TABLE,
-                                                   kind=rtnetlink.RTN_LOCAL, seq=s),
-                     "add the TPROXY local route")
+    transparent.route_marked_to_lo(rtnl, mark=tproxy.MARK, table=tproxy.ROUTE_TABLE, priority=tproxy.RULE_PRIORITY)
     return [l4, l6]
 
 

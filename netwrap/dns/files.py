@@ -1,9 +1,8 @@
 """The sandbox's /etc/resolv.conf and /etc/hosts, and the flags that shape them.
 
-Pure functions of their inputs: parsing --dns and --add-host, rendering the
-two files, and the nftables ruleset that sends every DNS flow of the tree to a
-forced resolver. The I/O (reading the host's files, mounting, nft) is
-elsewhere.
+Pure functions of their inputs: parsing --dns and --add-host and rendering
+the two files. The I/O (reading the host's files, mounting) is elsewhere;
+sending every DNS flow to a forced resolver is netwrap.dns.path's job.
 """
 
 from __future__ import annotations
@@ -83,36 +82,3 @@ def render_hosts(base: str, extra: list[tuple[str, str]]) -> str:
     text += "# added by netwrap (--add-host)\n"
     text += "".join(f"{ip}\t{name}\n" for name, ip in extra)
     return text
-
-
-def render_dns_forcing(resolvers: list[str]) -> str:
-    """nftables: every port-53 flow (UDP and TCP) of the tree goes to the forced resolver.
-
-    One resolver per family is the target (the first given); a family with no
-    forced resolver has its DNS flows refused, so a client fails over at once
-    instead of reaching an unforced server.
-    """
-    v4 = [r for r in resolvers if ipaddress.ip_address(r).version == 4]
-    v6 = [r for r in resolvers if ipaddress.ip_address(r).version == 6]
-    rules = []
-    if v4:
-        rules.append(f"meta nfproto ipv4 meta l4proto {{ tcp, udp }} th dport 53 ip daddr != {v4[0]} dnat ip to {v4[0]}")
-    if v6:
-        rules.append(f"meta nfproto ipv6 meta l4proto {{ tcp, udp }} th dport 53 ip6 daddr != {v6[0]} dnat ip6 to {v6[0]}")
-    refuse = []
-    if not v4:
-        refuse.append("meta nfproto ipv4 meta l4proto { tcp, udp } th dport 53 reject")
-    if not v6:
-        refuse.append("meta nfproto ipv6 meta l4proto { tcp, udp } th dport 53 reject")
-    out = ["table inet netwrap_dns {",
-           "\tchain output_nat {",
-           "\t\ttype nat hook output priority -100; policy accept;",
-           *(f"\t\t{r}" for r in rules),
-           "\t}"]
-    if refuse:
-        out += ["\tchain output_filter {",
-                "\t\ttype filter hook output priority filter; policy accept;",
-                *(f"\t\t{r}" for r in refuse),
-                "\t}"]
-    out.append("}")
-    return "\n".join(out) + "\n"

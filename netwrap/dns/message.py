@@ -95,6 +95,20 @@ def is_query(message: bytes) -> bool:
 RCODE_SERVFAIL = 2
 RCODE_REFUSED = 5
 
+def build_query(ident: int, name: str, qtype: int) -> bytes:
+    """A recursive query (RD set) for `name`, class IN; ValueError for a name DNS cannot carry."""
+    labels = [label for label in name.rstrip(".").split(".")]
+    wire = b""
+    for label in labels:
+        raw = label.encode("ascii")  # ValueError (UnicodeEncodeError) for non-ASCII
+        if not 0 < len(raw) < 64:
+            raise ValueError(f"{name!r}: a label must be 1 to 63 bytes")
+        wire += bytes([len(raw)]) + raw
+    wire += b"\0"
+    if len(wire) > 255:
+        raise ValueError(f"{name!r}: longer than 255 bytes")
+    return HEADER.pack(ident, 0x0100, 1, 0, 0, 0) + wire + struct.pack("!HH", qtype, CLASS_IN)
+
 
 def servfail(query: bytes) -> bytes | None:
     """A SERVFAIL reply to `query` (its question kept), or None if it has none we can read."""

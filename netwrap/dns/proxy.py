@@ -201,15 +201,14 @@ class DnsProxy:
             return self._drop(UNKNOWN_ID)  # late, or forged
         actions: list[Action] = []
         try:
-            parsed = dnsmsg.parse_answer(data)
+            learn = learned_from(data)
         except dnsmsg.DNSFormatError:
             # Passed on all the same: the client's resolver judges it, as it
             # would without the proxy; the policy learns nothing from it.
             self.unreadable += 1
         else:
-            learned = _learned(parsed)
-            if learned:
-                actions.append(Learn(names=learned))
+            if learn is not None:
+                actions.append(learn)
         actions.append(SendToClient(client=pending.client, data=dnsmsg.with_id(data, pending.client_id)))
         return actions
 
@@ -225,6 +224,13 @@ class DnsProxy:
         for pending in self._pending.values():
             return pending.expires  # the oldest: every query waits the same time
         return None
+
+
+def learned_from(answer: bytes) -> Learn | None:
+    """What an answer teaches (None: no addresses), for answers that came
+    over TCP as well; DNSFormatError if it cannot be read."""
+    names = _learned(dnsmsg.parse_answer(answer))
+    return Learn(names=names) if names else None
 
 
 def _learned(answer: dnsmsg.Answer) -> tuple[LearnedName, ...]:

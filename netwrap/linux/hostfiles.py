@@ -69,3 +69,17 @@ def default_gateways(route: str, ipv6_route: str) -> list[str]:
             except ValueError:
                 continue
     return out
+
+
+def host_resolvers(resolv_conf_text: str) -> list[str]:
+    """The nameserver lines of a resolv.conf, in order; scoped ones
+    (fe80::1%eth0) are skipped: the scope names a host interface."""
+    out = []
+    for line in resolv_conf_text.splitlines():
+        words = line.split("#", 1)[0].split(";", 1)[0].split()
+        if len(words) >= 2 and words[0] == "nameserver" and "%" not in words[1]:
+            try:
+                out.append(str(ipaddress.ip_address(words[1])))
+            except ValueError:
+                continue
+    return out

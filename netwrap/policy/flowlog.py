@@ -14,7 +14,7 @@ A record (one JSON object per line):
   start, end        ISO 8601 UTC, microseconds
   protocol          tcp, udp, icmp, icmpv6
   source, destination   {"address", "port"} (port null for ICMP), as the command sent it
-  translated_destination   where NAT sent it instead (DNS forcing, the DNS proxy), if anywhere
+  translated_destination   where NAT sent it instead, if anywhere (DNS is not NATed: netwrap.dns.path)
   verdict           allow | deny
   decided_by        "--allow '93.184.215.14:80'", "--block-private", "default policy", ...
   bytes_sent, bytes_received, packets_sent, packets_received

@@ -140,12 +140,17 @@ class Policy:
     # The sandbox's resolver(s): port 53 to them passes presets and the
     # default, so hostname rules keep working (not under --offline).
     dns_servers: tuple[IPAddress, ...] = ()
+    # Under --dns every DNS flow is answered by the forced resolver, whatever
+    # address it names (netwrap.dns.intercept): port 53 to any address counts
+    # as port 53 to the resolver.
+    dns_anywhere: bool = False
 
     def with_network(
         self,
         *,
         host_addresses: Iterable[Union[str, IPAddress, IPNetwork]] = (),
         dns_servers: Iterable[Union[str, IPAddress]] = (),
+        dns_anywhere: bool = False,
     ) -> "Policy":
         """This policy once the backend is up: ``host_addresses`` join the
         --block-private set and ``dns_servers`` are the sandbox's resolvers
@@ -154,6 +159,7 @@ class Policy:
             self,
             private_networks=collapse((*self.private_networks, *(_as_network(a) for a in host_addresses))),
             dns_servers=tuple(dict.fromkeys(normalize_address(a) for a in dns_servers)),
+            dns_anywhere=dns_anywhere,
         )
 
     @property
@@ -211,7 +217,7 @@ class Policy:
         for rule in self.deny_rules:
             if rule.matches(proto, addr, port, resolved):
                 return Decision(verdict="deny", source=SOURCE_RULE, rule=rule)
-        if proto in ("tcp", "udp") and port == 53 and addr in self.dns_servers:
+        if proto in ("tcp", "udp") and port == 53 and (self.dns_anywhere or addr in self.dns_servers):
             return Decision(verdict="allow", source=SOURCE_DNS)
         if self.block_metadata and any(addr in n for n in self.metadata_networks):
             return Decision(verdict="deny", source=SOURCE_METADATA)

@@ -3,22 +3,22 @@
 prepare() runs in the parent during setup, while init still serves sandbox
 calls (netwrap.sandbox.calls). It builds the Policy from the flags and what
 the backend set up (its resolver, the addresses through which it reaches the
-host), resolves --allow hostnames through the host's resolvers, asks init
-for every socket needed later (all of them live in the sandbox's network
-namespace) and renders the nftables ruleset that init loads with the rest of
-the front-end. start() then runs the DNS proxy (netwrap.dns.proxy_service) and the flow
-log's reader, each on a thread of its own, until stop().
+host), resolves --allow hostnames at start (netwrap.policy.startup), asks
+init for every socket needed later (all of them live in the sandbox's
+network namespace) and renders the nftables ruleset that init loads with the
+rest of the front-end. start() then runs the flow log's reader on a thread
+of its own until stop(); learn() takes what the DNS path (netwrap.dns.path)
+learns from answers.
 
 Keeping hostname sets in sync with what the sandbox's DNS answers
 ------------------------------------------------------------------
 A name resolved at start (netwrap.policy.startup) can answer differently
-later (round robin, CDNs, short TTLs). So the sandbox's UDP queries to its
-resolver are redirected by nftables to a small proxy served by this parent
-(netwrap.dns.proxy decides, netwrap.dns.proxy_service does the I/O): it passes each query on to
-the same resolver, through the same backend, and when the answer names an
-allowed host it adds the addresses to that host's sets *before* handing the
-answer back. No connection can race the update, because the command only
-learns the address once the set holds it.
+later (round robin, CDNs, short TTLs). Every DNS flow of the command goes
+through netwrap's DNS path (netwrap.dns.path): when an answer, over UDP or
+TCP, from whichever server, names an allowed host, learn() adds the
+addresses to that host's sets *before* the answer is handed back. No
+connection can race the update, because the command only learns the
+address once the set holds it.
 
 The sets are updated with nf_tables netlink messages that the parent sends
 on a NETLINK_NETFILTER socket init created in the sandbox during setup.
@@ -35,11 +35,7 @@ restarts that time, and the kernel removes it when it runs out. Connections
 already open are kept: established flows are accepted before any set is
 consulted. Addresses resolved at start have no TTL and stay for the run.
 Nothing is kept here per answer: what the kernel holds is bounded by
-netwrap.policy.nft.NAME_SET_SIZE per set.
-
-What is not covered: DNS over TCP, and queries the command sends to other
-servers an --allow rule opens, are not proxied, so their answers update
-nothing (names resolved at start stay allowed). /etc/hosts and --add-host
+netwrap.policy.nft.NAME_SET_SIZE per set. /etc/hosts and --add-host
 entries for allowed names are read at start.
 
 Flow log and counts
@@ -65,7 +61,6 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, TextIO
 
-from netwrap.dns.proxy_service import DnsProxyService
 from netwrap.errors import NetwrapError
 from netwrap.linux import netlink, nfnetlink
 from netwrap.linux.commands import debug
@@ -127,7 +122,6 @@ class PolicyEngine:
         self.control: socket.socket | None = None  # nf_tables updates, conntrack flush
         self.events: socket.socket | None = None  # conntrack events
         self.nflog: socket.socket | None = None  # refused packets
-        self.dns: DnsProxyService | None = None
         self.lost_events = 0
         self.errors: list[str] = []
         self._seq = 1
@@ -150,11 +144,10 @@ class PolicyEngine:
         if nft is None:  # frontend.check refused this already; a library caller may not have
             raise NetwrapError("the network policy needs nftables; install the 'nftables' package")
         resolvers = list(config.dns) if config.dns else list(network.dns)
-        policy = build(config, dns_servers=resolvers,
-                       host_addresses=host_addresses(network))
+        policy = build(config, dns_servers=resolvers, host_addresses=host_addresses(network))
         engine = cls(config=config, policy=policy, tracking=tracking, nft_path=nft)
         try:
-            engine._setup(calls, resolvers, forced=bool(config.dns))
+            engine._setup(calls)
         except OSError as exc:
             engine._stack.close()
             raise NetwrapError(f"cannot set up the network policy: {exc.strerror or exc}") from None
@@ -172,28 +165,13 @@ class PolicyEngine:
             pass
         return s
 
-    def _setup(self, calls: SandboxCalls, resolvers: list[str], *, forced: bool) -> None:
+    def _setup(self, calls: SandboxCalls) -> None:
         policy = self.policy
         if policy.hostnames or self.tracking:
             self.control = self._sandbox_netlink(calls)
             self.control.settimeout(ACK_TIMEOUT)
-        redirects: list[policy_nft.DnsRedirect] = []
-        allowed_only = self.config.dns_allowed_only
-        if policy.hostnames or allowed_only:
-            self.resolved = resolve_at_start(policy.hostnames, hosts_texts(self.config))
-            allowed = frozenset(policy.hostnames)
-            self.dns = DnsProxyService(open_socket=calls.socket, mark=policy_nft.PROXY_MARK, on_learn=self._learn,
-                                       refuse=(lambda name: name not in allowed) if allowed_only else None)
-            self._stack.callback(self.dns.stop)
-            seen_family: set[int] = set()
-            for text in resolvers:
-                resolver = normalize_address(text)
-                if forced and resolver.version in seen_family:
-                    continue  # DNS forcing sends a family's DNS to its first resolver only
-                seen_family.add(resolver.version)
-                port = self.dns.add(resolver)
-                redirects.append(policy_nft.DnsRedirect(version=resolver.version, port=port,
-                                                        resolver=None if forced else resolver))
+        if policy.hostnames:
+            self.resolved = resolve_at_start(policy.hostnames, hosts_texts(self.config), forced=self.config.dns)
         if self.tracking:
             self.events = self._sandbox_netlink(calls, nfnetlink.CT_EVENT_GROUPS)
             self.nflog = self._sandbox_netlink(calls)
@@ -205,8 +183,8 @@ class PolicyEngine:
                 calls.write(path, "1")
         self.ruleset = policy_nft.render_policy(
             policy, resolved_names={n: sorted(a, key=str) for n, a in self.resolved.items()},
-            flow_log_group=NFLOG_GROUP if self.tracking else None, dns_proxy=redirects,
-            dns_tcp=not allowed_only)
+            flow_log_group=NFLOG_GROUP if self.tracking else None,
+            dns_tcp=not self.config.dns_allowed_only)
         if self.config.flow_log is not None:
             try:
                 self._log = _open_flow_log(self.config)
@@ -242,11 +220,9 @@ class PolicyEngine:
     # -- running --------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Serve the DNS proxy and read flows; returns once both are running."""
+        """Read flows; returns once the reader runs."""
         if self._stopped:
             return
-        if self.dns is not None:
-            self.dns.start()
         if self.tracking and self._flows is None:
             assert self.events is not None and self.nflog is not None
             self._flows = LoopThread(name="netwrap-flows",
@@ -258,9 +234,9 @@ class PolicyEngine:
 
     # -- keeping name sets current ------------------------------------------------------------
 
-    def _learn(self, learned: Learn) -> None:
+    def learn(self, learned: Learn) -> None:
         """Add an answer's addresses for allowed hostnames to their sets, each
-        for its TTL (on the DNS proxy's thread). Addresses already there are
+        for its TTL (on a DNS proxy's thread, one call at a time). Addresses already there are
         added again: that restarts their timeout."""
         for found in learned.names:
             name = found.name
@@ -344,11 +320,10 @@ class PolicyEngine:
         self._stopped = True
         if deadline is None:
             deadline = time.monotonic() + STOP_TIMEOUT
-        dns_ended = self.dns is None or self.dns.stop(deadline)
         flows_ended = self._flows is None or self._flows.stop(deadline)
         if not flows_ended:
             self.errors.append("the flow log's reader did not stop in time: the last flows are missing")
-        if self.tracking and self.book is not None and self.control is not None and dns_ended and flows_ended:
+        if self.tracking and self.book is not None and self.control is not None and flows_ended:
             try:
                 # Every flow still known to conntrack comes back as a destroy event.
                 self._request(self.control, nfnetlink.ct_flush(seq=self._take_seq()), "flushing conntrack",
@@ -360,8 +335,7 @@ class PolicyEngine:
             if self.nflog is not None:
                 self._on_nflog()
             self._write(self.book.close(time.time()))
-        errors = [*self.errors, *(self.dns.errors if self.dns is not None else [])]
-        for error in dict.fromkeys(errors):
+        for error in dict.fromkeys(self.errors):
             sys.stderr.write(f"netwrap: warning: {error}\n")
         self._stack.close()
 

@@ -2,8 +2,9 @@
 
 The run's Policy built from the Config and what the backend set up (its
 resolvers, the addresses through which it reaches the host), and the
-addresses of the --allow hostnames now: through the host's resolvers (as the
-sandbox's DNS forwards to them) and the hosts-file entries the sandbox sees.
+addresses of the --allow hostnames now: from the forced resolver (--dns), else
+through the host's resolvers (as the sandbox's DNS forwards to them), and the
+hosts-file entries the sandbox sees.
 Later answers are learned at run time (netwrap.policy.runtime).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from netwrap.linux.commands import debug
@@ -29,7 +30,9 @@ def build(config: Config, *, host_addresses: Iterable[str] = (), dns_servers: It
     """The Policy of a run: the one the CLI parsed once, with what the backend set up."""
     if config.policy is None:
         raise NetwrapError("the run's network policy was not parsed (netwrap.cli.options builds Config.policy)")
-    return config.policy.with_network(host_addresses=host_addresses, dns_servers=dns_servers)
+    # Under --dns every DNS flow goes to the forced resolver (netwrap.dns.path).
+    return config.policy.with_network(host_addresses=host_addresses, dns_servers=dns_servers,
+                                      dns_anywhere=bool(config.dns))
 
 
 def start_time_decide(config: Config, network: NetworkInfo) -> Callable[..., Decision]:
@@ -41,7 +44,8 @@ def start_time_decide(config: Config, network: NetworkInfo) -> Callable[..., Dec
     """
     resolvers = list(config.dns) if config.dns else list(network.dns)
     policy = build(config, dns_servers=resolvers, host_addresses=host_addresses(network))
-    resolved = resolve_at_start(policy.hostnames, hosts_texts(config)) if policy.hostnames else {}
+    resolved = (resolve_at_start(policy.hostnames, hosts_texts(config), forced=config.dns)
+                if policy.hostnames else {})
     return functools.partial(policy.decide, resolved_names=resolved)
 
 
@@ -74,18 +78,15 @@ def host_addresses(network: NetworkInfo) -> list[str]:
 # --- names at start ------------------------------------------------------------------------------
 
 
-def resolve_at_start(names: Iterable[str], hosts_texts: Iterable[str] = ()) -> dict[str, set[IPAddress]]:
-    """Each allowed hostname's addresses now: the host's resolvers (as the
-    sandbox's DNS forwards to them), plus hosts-file entries the sandbox sees."""
+def resolve_at_start(names: Iterable[str], hosts_texts: Iterable[str] = (), *,
+                     forced: Sequence[str] = ()) -> dict[str, set[IPAddress]]:
+    """Each allowed hostname's addresses now, from whoever answers the
+    sandbox's DNS: the forced resolvers (--dns) when given, asked directly
+    (the first that answers), else the host's resolvers (as the sandbox's
+    DNS forwards to them); plus hosts-file entries the sandbox sees."""
     result: dict[str, set[IPAddress]] = {}
     for name in names:
-        found: set[IPAddress] = set()
-        try:
-            for *_, sockaddr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
-                found.add(normalize_address(sockaddr[0].split("%")[0]))
-        except (socket.gaierror, UnicodeError, ValueError) as exc:
-            debug(f"--allow {name}: not resolved at start ({exc})")
-        result[name] = found
+        result[name] = _ask_forced(name, forced) if forced else _ask_host(name)
     for text in hosts_texts:
         for line in text.splitlines():
             fields = line.split("#", 1)[0].split()
@@ -100,6 +101,27 @@ def resolve_at_start(names: Iterable[str], hosts_texts: Iterable[str] = ()) -> d
                 if key in result:
                     result[key].add(addr)
     return result
+
+
+def _ask_host(name: str) -> set[IPAddress]:
+    found: set[IPAddress] = set()
+    try:
+        for *_, sockaddr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
+            found.add(normalize_address(sockaddr[0].split("%")[0]))
+    except (socket.gaierror, UnicodeError, ValueError) as exc:
+        debug(f"--allow {name}: not resolved at start ({exc})")
+    return found
+
+
+def _ask_forced(name: str, resolvers: Sequence[str]) -> set[IPAddress]:
+    from netwrap.dns import lookup
+
+    for resolver in resolvers:
+        try:
+            return {normalize_address(a) for a in lookup.addresses(resolver, name)}
+        except (OSError, ValueError) as exc:
+            debug(f"--allow {name}: {resolver} did not answer at start ({exc})")
+    return set()
 
 
 def hosts_texts(config: Config) -> list[str]:

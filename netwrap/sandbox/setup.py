@@ -102,8 +102,8 @@ def prepare(config: Config, network: NetworkInfo, scratch: str, *, backend: str,
     if config.hosts_text is not None or config.add_hosts:
         base = config.hosts_text if config.hosts_text is not None else read_host_file(HOST_HOSTS)
         binds.append((_write(scratch, "hosts", dnsfiles.render_hosts(base, list(config.add_hosts))), HOST_HOSTS))
-    ruleset = dnsfiles.render_dns_forcing(list(config.dns)) if config.dns else None
-    return SetupPlan(binds=tuple(binds), nft_path=nft, nft_ruleset=ruleset, sysctls=(_ping_group_range(config),),
+    # --dns itself is carried out by the DNS path (netwrap.dns.path).
+    return SetupPlan(binds=tuple(binds), nft_path=nft, nft_ruleset=None, sysctls=(_ping_group_range(config),),
                      resolvers=tuple(resolvers))
 
 

@@ -116,13 +116,26 @@ def run(config: Config, backend: Backend, probe: Probe, *, nft: str | None = Non
             if outcome.policy is not None:
                 # After the command, before the backend stops: the last flows are read in the sandbox.
                 stack.callback(outcome.policy.stop)
+        dns_path = None
+        dns_nft = nft or config.tools.nft
+        if not handle.enforces_policy and dns_nft is not None:
+            from netwrap.dns import path as dns_path_module
+
+            if dns_path_module.wanted(config):
+                learn = outcome.policy.learn if outcome.policy is not None and outcome.policy.policy.hostnames else None
+                dns_path = dns_path_module.DnsPath.prepare(config, target.calls, network, nft=dns_nft, on_learn=learn)
+                # Stopped before the policy (the stack unwinds in reverse): no answer is learned after it.
+                stack.callback(dns_path.stop)
         scratch = make_private_dir("setup")
         stack.callback(remove_private_dir, scratch)
         plan = setup.prepare(config, network, scratch, backend=backend.name, nft=nft)
         outcome.resolvers = plan.resolvers
         if outcome.policy is not None:
             plan = outcome.policy.merge(plan)
-            outcome.policy.start()  # the DNS proxy serves before the command's first query
+            outcome.policy.start()
+        if dns_path is not None:
+            plan = dns_path.merge(plan)
+            dns_path.start()  # the DNS proxy serves before the command's first query
         if capture is not None:
             capture.begin()
         _send(ours, BackendReady(plan=plan))

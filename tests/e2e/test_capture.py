@@ -123,6 +123,22 @@ def test_child_view_shows_dns_and_ping(world: World, backend, as_user: bool):
     assert sorted(echo) == [["0", "1"], ["0", "2"], ["8", "1"], ["8", "2"]], echo
 
 
+def test_child_view_shows_dns_to_the_address_asked_under_a_forced_resolver(world: World, backend, as_user: bool):
+    # The forced resolver answers, but the command asked 8.8.8.8 and its view
+    # shows the exchange with 8.8.8.8 (TPROXY keeps the address, nothing NATs it).
+    path = world.user_dir("cap") / "run.pcapng"
+    mark = world.mark()
+    script = f"dig +short +time=2 +tries=1 @8.8.8.8 www.example.test A && ping -c 1 -W 5 {World.WORLD_V4}"
+    done = netwrap_run(world, backend, "-c", str(path), "-d", World.DNS_V4, "--", "sh", "-c", script, user=as_user)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == World.WORLD_V4, done.stdout
+    dns = fields(world, path, 'dns.qry.name == "www.example.test" && dns.qry.type == 1',
+                 "ip.src", "ip.dst", "dns.flags.response", "dns.a")
+    assert any(r[1] == "8.8.8.8" and r[2] == "0" for r in dns), dns
+    assert any(r[0] == "8.8.8.8" and r[2:] == ["1", World.WORLD_V4] for r in dns), dns
+    assert {r["local"] for r in world.dns_log(since=mark) if r["qname"] == "www.example.test"} == {World.DNS_V4}
+
+
 def test_other_host_traffic_is_not_captured(world: World, backend):
     path = world.user_dir("cap") / "run.pcapng"
     script = (f"{' '.join(CURL)} -o /dev/null http://{World.WORLD_V4}:{PORT}/inside-1 && echo ready && read go "

@@ -7,7 +7,9 @@ to the world's resolver at 198.51.100.53. Both log every query.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -49,6 +51,70 @@ def test_forced_resolver_gets_every_dns_flow(world: World, backend: str, as_user
     # Both queries reached the forced resolver, none the addresses dig named.
     assert ("udp", resolver) in seen and ("tcp", resolver) in seen, seen
     assert not [s for s in seen if s[1] in others]
+
+
+# A forced resolver and "third" servers the command names, all distinct world addresses.
+THIRD_V4 = ("8.8.8.8", "1.1.1.1")
+THIRD_V6 = ("2001:4860:4860::8888", "2606:4700:4700::1111")
+OTHER_RESOLVER_V4 = "203.0.113.53"
+
+
+@contextlib.contextmanager
+def host_resolver(world: World, address: str) -> Iterator[None]:
+    """The world's host names `address` in its resolv.conf (instead of its loopback stub) meanwhile."""
+    path = world.tmp / "run" / "resolv.conf"
+    before = path.read_text()
+    path.write_text(f"nameserver {address}\n")
+    try:
+        yield
+    finally:
+        path.write_text(before)
+
+
+def asked(world: World, mark, name: str = "www.example.test") -> list[tuple[str, str]]:
+    """(protocol, address) of every query for `name` the world's DNS answered since `mark`."""
+    return [(r["proto"], r["local"]) for r in world.dns_log(since=mark) if r["qname"] == name]
+
+
+def test_forced_resolver_that_is_the_hosts_own(world: World, backend, as_user: bool) -> None:
+    # pasta rewrites the source of answers from the host's first resolver
+    # (field notes): DNS NAT'd to that resolver through pasta never came back.
+    script = (f"dig -4 {DIG_OPTIONS} @{THIRD_V4[0]} www.example.test A; "
+              f"dig -4 {DIG_OPTIONS} +tcp @{THIRD_V4[1]} www.example.test A")
+    with host_resolver(world, World.DNS_V4):
+        mark = world.mark()
+        done = netwrap(world, backend, "-d", World.DNS_V4, "--", "sh", "-c", script, user=as_user)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [World.WORLD_V4, World.WORLD_V4], done.stdout
+    assert sorted(asked(world, mark)) == [("tcp", World.DNS_V4), ("udp", World.DNS_V4)]
+    assert [r for r in world.resolver_log(since=mark) if r["qname"] == "www.example.test"] == []
+
+
+@pytest.mark.parametrize("forced, family, third", [
+    (World.DNS_V6, "-4", THIRD_V4), (OTHER_RESOLVER_V4, "-6", THIRD_V6)], ids=["v6-resolver", "v4-resolver"])
+def test_forced_resolver_of_one_family_answers_the_other(world: World, backend, as_user: bool, forced: str,
+                                                        family: str, third: tuple[str, str]) -> None:
+    script = (f"dig {family} {DIG_OPTIONS} @{third[0]} www.example.test A; "
+              f"dig {family} {DIG_OPTIONS} +tcp @{third[1]} www.example.test A")
+    mark = world.mark()
+    done = netwrap(world, backend, "-d", forced, "--", "sh", "-c", script, user=as_user)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [World.WORLD_V4, World.WORLD_V4], done.stdout
+    # Both went to the forced resolver, in its own family; not to the host's
+    # resolver (the stub, then 198.51.100.53) nor to the servers dig named.
+    assert sorted(asked(world, mark)) == [("tcp", forced), ("udp", forced)]
+    assert [r for r in world.resolver_log(since=mark) if r["qname"] == "www.example.test"] == []
+
+
+def test_allowed_names_are_resolved_at_start_by_the_forced_resolver(world: World, backend, as_user: bool) -> None:
+    mark = world.mark()
+    done = netwrap(world, backend, "--allow", "www.example.test:80", "-d", OTHER_RESOLVER_V4, "--", "true",
+                   user=as_user)
+    assert done.returncode == 0, done.stderr
+    seen = [(r["proto"], r["local"], r["qtype"]) for r in world.dns_log(since=mark)
+            if r["qname"] == "www.example.test"]
+    assert sorted(seen) == [("udp", OTHER_RESOLVER_V4, "A"), ("udp", OTHER_RESOLVER_V4, "AAAA")], seen
+    assert [r for r in world.resolver_log(since=mark) if r["qname"] == "www.example.test"] == []
 
 
 def test_hosts_file_replaces_etc_hosts_and_host_file_is_untouched(world: World, backend: str,

@@ -343,6 +343,57 @@ def test_allowed_name_follows_its_changing_answer(world: World, backend: str, as
     assert [r["local"] for r in world.http_log(since=mark)] == [later, first]
 
 
+LEARNER = r"""
+import json, subprocess, sys, urllib.request
+def get(url):
+    try:
+        return urllib.request.urlopen(url, timeout=5).read().decode().strip()
+    except Exception as exc:
+        return type(getattr(exc, "reason", exc)).__name__
+later, dig = sys.argv[1], sys.argv[2:]
+print("ready", flush=True)
+sys.stdin.readline()  # the test has changed the name's answer meanwhile
+before = get(f"http://{later}/hello")
+answer = subprocess.run(dig, capture_output=True, text=True).stdout.split()
+print(json.dumps([before, answer, get(f"http://{later}/hello")]), flush=True)
+"""
+ALLOWED_DNS_SERVER = "203.0.113.53"
+
+
+@pytest.mark.parametrize("how", ["tcp", "allowed-server"])
+def test_names_learned_over_tcp_and_from_an_allowed_server(world: World, backend, as_user: bool, how: str) -> None:
+    # The name answers .20 at start and .21 once the command asks, over TCP
+    # to its resolver, or over UDP to another server an --allow opens: .21
+    # is refused until that answer came back, and allowed after it.
+    first, later = "203.0.113.20", "203.0.113.21"
+    dig = ["dig", "+short", "+time=5", "+tries=1"]
+    dig += ["+tcp", MOVING] if how == "tcp" else [f"@{ALLOWED_DNS_SERVER}", MOVING]
+    extra = ["--allow", f"udp://{ALLOWED_DNS_SERVER}:53"] if how == "allowed-server" else []
+    with world.zone_records({MOVING: {"A": [first]}}):
+        proc = world.popen(world.netwrap_cmd(*backend.argv, "--allow", f"{MOVING}:80", *extra, "--",
+                                             world.python, "-c", LEARNER, later, *dig),
+                           user=as_user, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            with world.zone_records({MOVING: {"A": [later]}}):
+                mark = world.mark()
+                out, err = proc.communicate("go\n", timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out) == ["ConnectionRefusedError", [later], "hello from the world"]
+    assert [r["local"] for r in world.http_log(since=mark)] == [later]
+    queries = [r for r in world.dns_log(since=mark) if r["qname"] == MOVING]
+    if how == "tcp":
+        # Through the host's stub resolver, over TCP all the way.
+        stub = [r["proto"] for r in world.resolver_log(since=mark) if r["qname"] == MOVING]
+        assert stub == ["tcp"] and [(r["proto"], r["local"]) for r in queries] == [("tcp", World.DNS_V4)]
+    else:
+        assert [(r["proto"], r["local"]) for r in queries] == [("udp", ALLOWED_DNS_SERVER)]
+
+
 def test_deny_rules_leave_the_rest_open(world: World, backend: str, as_user: bool) -> None:
     mark = world.mark()
     results = probe(world, backend, ["--deny", "2001:db8::/32", "--deny", "icmp://*"], [

@@ -120,3 +120,16 @@ def test_ttls_along_a_cname_chain():
     late = dnsmsg.parse_answer(msg[:7] + b"\x03" + msg[8:]
                                + target + b"\x00\x01\x00\x01\x80\x00\x00\x01\x00\x04" + bytes([203, 0, 113, 6]))
     assert late.ttl_of("edge.cdn.test") == 0 and late.ttl_of("www.example.test") == 0
+
+
+def test_build_query_is_a_recursive_in_question():
+    # Written out by hand: id, flags RD, 1 question; 3www7example4test0; AAAA, IN.
+    assert dnsmsg.build_query(0xBEEF, "www.example.test.", 28) == (
+        b"\xbe\xef\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+        b"\x03www\x07example\x04test\x00\x00\x1c\x00\x01")
+
+
+@pytest.mark.parametrize("bad", ["a..b", "x" * 64 + ".test", "caf\u00e9.test", ".".join(["abcdefg"] * 40)])
+def test_build_query_refuses_names_dns_cannot_carry(bad):
+    with pytest.raises(ValueError):
+        dnsmsg.build_query(1, bad, 1)

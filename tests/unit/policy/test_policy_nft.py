@@ -8,7 +8,6 @@ they skip elsewhere.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shutil
@@ -17,12 +16,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import attrs
 import pytest
 
 from netwrap.policy.nft import (
-    PROXY_MARK,
     TABLE,
-    DnsRedirect,
     NameSets,
     name_sets,
     render_name_update,
@@ -71,16 +69,13 @@ CASES = {
 }
 
 
-# The same policies with the flow log's tags and the DNS proxy (render options).
-_V4_PROXY = DnsRedirect(version=4, port=40000, resolver=ipaddress.ip_address("10.0.2.3"))
+# The same policies with the flow log's tags (a render option).
 TAGGED = {
-    "flow_log_mixed": ("mixed", dict(flow_log_group=7, dns_proxy=[_V4_PROXY])),
+    "flow_log_mixed": ("mixed", dict(flow_log_group=7)),
     "flow_log_default_allow": ("default_allow", dict(flow_log_group=7)),
     "flow_log_offline": ("offline", dict(flow_log_group=7)),
-    "dns_proxy_forced": ("allow_hostname", dict(dns_proxy=[DnsRedirect(version=4, port=40000),
-                                                           DnsRedirect(version=6, port=40001)])),
-    # --dns-allowed-only: only UDP reaches the resolver, all of it through the proxy.
-    "dns_allowed_only": ("allow_hostname", dict(dns_proxy=[_V4_PROXY], dns_tcp=False)),
+    # --dns-allowed-only: only UDP DNS is exempt, the kind whose names the proxy filters.
+    "dns_allowed_only": ("allow_hostname", dict(dns_tcp=False)),
 }
 CASES.update({name: CASES[base] for name, (base, _) in TAGGED.items()})
 
@@ -110,7 +105,7 @@ def test_flow_log_tags_every_decision_and_only_then():
     tags = verdict_tags(policy)
     for line in tagged.splitlines():
         line = line.strip()
-        untagged = ("the sandbox itself", "neighbour discovery", "netwrap's DNS proxy")
+        untagged = ("the sandbox itself", "neighbour discovery")
         if ' accept comment "' in line and not any(u in line for u in untagged):
             tag = int(line.split("ct mark set ", 1)[1].split()[0])
             assert tags[tag].verdict == "allow", line
@@ -122,16 +117,19 @@ def test_flow_log_tags_every_decision_and_only_then():
     assert 'ct mark set 5 accept comment "default policy allow"' in rendered("flow_log_default_allow")
 
 
-def test_dns_proxy_redirect_skips_denied_flows_and_its_own_queries():
-    text = rendered("flow_log_mixed")
-    chain = text.split("chain dns_proxy {", 1)[1]
-    lines = [l.strip() for l in chain.splitlines()]
-    assert lines[2] == f"meta mark & {PROXY_MARK:#010x} == {PROXY_MARK:#010x} return"
-    assert 'udp dport 5353 return comment "--deny udp://*:5353"' in lines  # denied: refused, not proxied
-    assert any(l.startswith("ip daddr 10.0.2.3 udp dport 53 ct mark set 1 redirect to :40000") for l in lines)
-    forced = rendered("dns_proxy_forced")
-    assert "meta nfproto ipv4 udp dport 53 redirect to :40000" in forced
-    assert "meta nfproto ipv6 udp dport 53 redirect to :40001" in forced
+def test_forced_dns_allows_port_53_to_any_address_after_the_deny_rules():
+    kwargs = dict(CASES["mixed"][0])
+    policy = build_policy(**kwargs)
+    forced = attrs.evolve(policy, dns_anywhere=True)
+    text = render_policy(forced, flow_log_group=7)
+    lines = [l.strip() for l in text.split("chain output {", 1)[1].splitlines()]
+    dns = 'meta l4proto { tcp, udp } th dport 53 ct mark set 1 accept comment "DNS, answered by the forced resolver"'
+    assert dns in lines
+    denied = next(i for i, l in enumerate(lines) if l.endswith('comment "--deny udp://*:5353"'))
+    assert lines.index(dns) > denied  # a --deny still refuses DNS
+    assert "set dns_v4" not in text and "@dns_v4" not in text
+    assert forced.decide("udp", "8.8.8.8", 53).source == "dns"
+    assert policy.decide("udp", "8.8.8.8", 53).source != "dns"
 
 
 def test_rendering_does_not_depend_on_hash_order():

@@ -90,3 +90,48 @@ def test_start_resolution_uses_resolvers_and_hosts_files(monkeypatch):
     ip = ipaddress.ip_address
     assert found == {"www.example.test": {ip("93.184.215.14"), ip("2606:4700::1111")},
                      "local.test": {ip("198.18.0.9")}}
+
+
+def test_start_resolution_asks_the_forced_resolver_not_getaddrinfo(monkeypatch):
+    """The first forced resolver is silent, the second (a server on loopback here) answers."""
+    import struct
+    import threading
+
+    def no_getaddrinfo(*args, **kwargs):
+        raise AssertionError("getaddrinfo asked the host's resolvers")
+
+    monkeypatch.setattr(startup.socket, "getaddrinfo", no_getaddrinfo)
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    server = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    server.bind(("::1", 0))
+    asked = []
+
+    def serve():
+        for _ in range(2):
+            data, peer = server.recvfrom(4096)
+            end = data.index(b"\0", 12) + 1
+            qtype, = struct.unpack_from("!H", data, end)
+            asked.append(qtype)
+            rdata = bytes([198, 51, 100, 9]) if qtype == 1 else b""
+            reply = data[:2] + struct.pack("!HHHHH", 0x8180, 1, 1 if rdata else 0, 0, 0) + data[12:end + 4]
+            if rdata:
+                reply += b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + rdata
+            server.sendto(reply, peer)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    from netwrap.dns import lookup
+
+    real = lookup.addresses
+    ports = {"127.0.0.1": silent.getsockname()[1], "::1": server.getsockname()[1]}
+    monkeypatch.setattr(lookup, "addresses", lambda server_, name: real(server_, name, port=ports[server_],
+                                                                        timeout=0.5))
+    try:
+        found = startup.resolve_at_start(["api.example.test"], forced=["127.0.0.1", "::1"])
+    finally:
+        thread.join(5)
+        silent.close()
+        server.close()
+    assert found == {"api.example.test": {ipaddress.ip_address("198.51.100.9")}}
+    assert sorted(asked) == [1, 28]
