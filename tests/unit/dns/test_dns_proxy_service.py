@@ -10,6 +10,7 @@ import time
 import pytest
 
 from netwrap.dns.proxy_service import DnsProxyService
+from privileges import needs_loopback
 LOOPBACK = ipaddress.ip_address("127.0.0.1")
 
 QUESTION = b"\x03www\x07example\x04test\x00\x00\x01\x00\x01"  # www.example.test, A, IN
@@ -47,6 +48,7 @@ def client():
     s.close()
 
 
+@needs_loopback
 def test_a_query_is_answered_through_the_resolver_after_the_names_are_learned(resolver, client):
     learned = []
 
@@ -84,6 +86,7 @@ def test_stop_is_idempotent_and_closes_the_sockets(resolver):
     assert service.errors == []
 
 
+@needs_loopback
 def test_stop_gives_up_on_a_stuck_thread_at_the_deadline(resolver, client):
     release = threading.Event()
     service = DnsProxyService(open_socket=open_socket, mark=None, on_learn=lambda action: release.wait(30))
