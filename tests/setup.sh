@@ -13,6 +13,7 @@ VENV=/opt/netwrap-venv
 PACKAGES=(
     passt slirp4netns nftables iproute2 uidmap tshark iperf3 dnsutils wrk sockperf
     curl openssl python3-venv iputils-ping procps psmisc util-linux kmod ca-certificates libcap2-bin
+    groff-base zsh fish git  # tests/packaging: the man page renders, completions parse, sdist vs git
 )
 
 if [ "$(id -u)" -ne 0 ]; then

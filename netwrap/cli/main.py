@@ -56,6 +56,14 @@ def _say(line: str) -> None:
 def _subcommand(name: str, rest: list[str]) -> int:
     if rest and rest[0] in ("-h", "--help"):
         print(f"usage: netwrap {name} [--helper-path DIR[:DIR...]]")
+        if name == "backends":
+            print("       netwrap backends --names    (the names --backend takes, one a line; nothing probed)")
+        return 0
+    if name == "backends" and rest == ["--names"]:
+        # For shell completion: fast, and plugins' names come from the same registry as a run's.
+        from netwrap import backends
+
+        print("\n".join(["auto", *backends.names()]))
         return 0
     # The one option these take: the lookup whose result they report.
     if rest and rest[0].startswith("--helper-path="):

@@ -3,10 +3,38 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 
 from netwrap.backends import BUILTIN
+from privileges import REAL_ROOT
+
+# Every test here runs netwrap in the test world, which only real root can
+# build (network namespaces, veths, a test user). Without it the directory is
+# reported as one skip with one reason, instead of one line per test: its
+# test files are left out and this conftest.py stands for them. A test file
+# named on the command line is still collected (and skips test by test).
+NOT_RUN_REASON = ("end-to-end tests need real root to build their test world of network namespaces; "
+                  "see docs/packaging.md")
+E2E_DIR = Path(__file__).resolve().parent
+
+
+class _NotRun(pytest.File):
+    def collect(self):
+        pytest.skip(NOT_RUN_REASON)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if not REAL_ROOT and collection_path.parent == E2E_DIR and collection_path.name != "conftest.py":
+        return True
+    return None
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if not REAL_ROOT and file_path == E2E_DIR / "conftest.py":
+        return _NotRun.from_parent(parent, path=file_path)
+    return None
 
 
 class BackendVariant(str):

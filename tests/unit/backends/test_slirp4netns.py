@@ -18,6 +18,7 @@ from netwrap.config import Config, Tools
 from netwrap.errors import NetwrapError
 from netwrap.linux.interfaces import Interface
 from netwrap.linux import commands
+from privileges import REAL_ROOT
 
 import freshnet
 from processes import tagged_processes
@@ -188,8 +189,8 @@ def test_fd00_3_only_with_an_ipv6_host_resolver(tmp_path, text, has_v6):
 # that stays in "host" for the whole test: PDEATHSIG follows that thread.
 
 needs_real_slirp = pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("slirp4netns") is None or shutil.which("ip") is None,
-    reason="needs root (fresh network namespaces; CI runs as root), slirp4netns and ip")
+    not REAL_ROOT or shutil.which("slirp4netns") is None or shutil.which("ip") is None,
+    reason="needs real root (fresh network namespaces; CI runs as root), slirp4netns and ip")
 
 ROOTFUL_CONFIG = Config(command=("true",), caller_uid=0, caller_gid=0, rootful=True)
 

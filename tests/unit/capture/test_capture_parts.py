@@ -17,6 +17,7 @@ from netwrap.capture.spec import CaptureSpec, parse_capture
 from netwrap.capture.egress import Addressing, EgressSynthesiser, host_resolver_forwarders
 from netwrap.errors import UsageError
 from netwrap.capture.wire_egress import WINDOW_NS, HostPacket, WireMatcher
+from privileges import needs_real_root_if_root
 
 from inet_checksum import ref_sum
 
@@ -78,6 +79,7 @@ def test_bad_capture_flags_are_usage_errors(argv, message):
         cli.parse(argv)
 
 
+@needs_real_root_if_root
 def test_unwritable_directory_is_a_usage_error():
     import tempfile
 

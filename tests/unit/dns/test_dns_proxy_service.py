@@ -18,6 +18,7 @@ import pytest
 
 from netwrap.dns import stream
 from netwrap.dns.proxy_service import DnsProxyService, raw_reply
+from privileges import needs_loopback
 
 QUESTION = b"\x03www\x07example\x04test\x00\x00\x01\x00\x01"  # www.example.test, A, IN
 # A query, id 0xBEEF: flags 0x0100 (RD), one question.
@@ -118,6 +119,7 @@ def test_an_answer_from_another_address_is_not_taken(service_parts):
     assert service.dropped == 1
 
 
+@needs_loopback
 def test_tcp_pipelined_queries_are_relayed_and_every_answer_is_learned(service_parts):
     udp, tcp, _ = service_parts
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -164,6 +166,7 @@ def test_tcp_pipelined_queries_are_relayed_and_every_answer_is_learned(service_p
     assert [[(n.name, n.addresses) for n in action.names] for action in learned] == [LEARNED, LEARNED]
 
 
+@needs_loopback
 def test_stop_is_idempotent_and_closes_its_upstream_sockets(service_parts):
     udp, tcp, _ = service_parts
     service = DnsProxyService(udp=udp, tcp=tcp, reply=lambda *a: None, choose=lambda asked: asked,
@@ -190,6 +193,7 @@ def test_raw_reply_builds_a_datagram_the_kernel_delivers():
     assert (data, source) == (b"payload", ("127.0.0.1", 53))
 
 
+@needs_loopback
 def test_upstream_queries_leave_from_random_ports_of_the_pool(service_parts):
     udp, tcp, _ = service_parts
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -12,8 +12,9 @@ import pytest
 from netwrap.cli import options
 from netwrap.errors import UsageError
 from netwrap.linux import commands
+from privileges import REAL_ROOT, SYSTEM_DIRS_REASON, SYSTEM_DIRS_ROOTS, needs_roots_system_dirs
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="root-owned directories need root")
+needs_root = pytest.mark.skipif(not REAL_ROOT, reason="root-owned directories need real root")
 
 
 @pytest.fixture(autouse=True)
@@ -113,11 +114,14 @@ def test_a_program_missing_from_the_helper_path_is_a_command_error(tmp_path: Pat
 ], ids=["relative", "trailing-empty", "empty-entry", "missing"])
 @pytest.mark.parametrize("as_root", [False, True], ids=["rootless", "root"])
 def test_helper_path_refused(text: str, message: str, as_root: bool) -> None:
+    if as_root and not SYSTEM_DIRS_ROOTS:
+        pytest.skip(SYSTEM_DIRS_REASON)
     with pytest.raises(UsageError, match=message) as info:
         commands.parse_helper_path(text, as_root=as_root)
     assert "\n" not in str(info.value)
 
 
+@needs_roots_system_dirs
 def test_helper_path_accepts_absolute_directories() -> None:
     assert commands.parse_helper_path("/usr/sbin:/usr/bin", as_root=True) == ("/usr/sbin", "/usr/bin")
 

@@ -21,9 +21,10 @@ import pytest
 from netwrap.cli import options
 from netwrap.errors import UsageError
 from netwrap.linux import userfiles
+from privileges import REAL_ROOT
 from world.testuser import TestUser, ensure_user
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="attacks need root and a second user")
+pytestmark = pytest.mark.skipif(not REAL_ROOT, reason="attacks need real root and a second user")
 
 SECRET = b"root's secret\n"
 

@@ -60,10 +60,10 @@ def test_policy_without_nft_is_refused_naming_the_package():
         setup.check(without_nft("--offline"), "pasta")
 
 
-def test_tunrelay_without_nft_enforces_in_its_engine_but_refuses_the_flow_log():
+def test_tunrelay_without_nft_enforces_in_its_engine_but_refuses_the_flow_log(tmp_path):
     assert setup.check(without_nft("--offline"), "tunrelay") is None
     with pytest.raises(NetwrapError, match="--flow-log needs nftables .*'nftables' package"):
-        setup.check(without_nft("--allow", "1.2.3.4", "--flow-log", "/tmp/x"), "tunrelay")
+        setup.check(without_nft("--allow", "1.2.3.4", "--flow-log", str(tmp_path / "flows.jsonl")), "tunrelay")
     # Its engine knows the allowed names' addresses from the start only: it has no DNS proxy.
     with pytest.raises(NetwrapError, match="--dns-allowed-only needs nftables .*'nftables' package"):
         setup.check(without_nft("--allow", "www.example.test", "--dns-allowed-only"), "tunrelay")

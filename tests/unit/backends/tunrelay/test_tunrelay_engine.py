@@ -16,6 +16,7 @@ from netwrap.backends.tunrelay.engine import Engine
 from netwrap.backends.tunrelay.packets import Packet, parse_frame
 
 from _tr_ref import A4, ICMP, echo_request, udp_packet, vnet_hdr
+from privileges import LOOPBACK, LOOPBACK_REASON
 
 LO = bytes([127, 0, 0, 1])
 
@@ -43,6 +44,8 @@ def relay():
 
 @pytest.fixture
 def echo_server():
+    if not LOOPBACK:
+        pytest.skip(LOOPBACK_REASON)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
     stop = threading.Event()

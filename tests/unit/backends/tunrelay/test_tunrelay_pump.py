@@ -11,6 +11,9 @@ import threading
 import pytest
 
 from netwrap.backends.tunrelay.pump import PUMP_EVENTS_HINT, PipePool, Pump
+from privileges import needs_loopback
+
+pytestmark = needs_loopback
 
 
 def tcp_pair() -> tuple[socket.socket, socket.socket]:
