@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from netwrap.dns import lookup
+from privileges import needs_loopback
 
 
 def _name(text: str) -> bytes:
@@ -34,6 +35,7 @@ def _serve(sock: socket.socket, answers: dict[int, list[bytes]], seen: list, cou
         sock.sendto(reply, peer)
 
 
+@needs_loopback
 @pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_asks_the_server_for_a_and_aaaa(family, host):
     server = socket.socket(family, socket.SOCK_DGRAM)

@@ -58,6 +58,7 @@ def service_parts():
 
 
 @needs_root
+@needs_loopback
 def test_a_udp_query_in_one_family_is_answered_by_a_server_of_the_other(service_parts):
     """The command asks ::1 (IPv6); the chosen server is IPv4; the answer comes
     back from the address and port the command asked, after the names were learned."""
@@ -97,6 +98,7 @@ def test_a_udp_query_in_one_family_is_answered_by_a_server_of_the_other(service_
 
 
 @needs_root
+@needs_loopback
 def test_an_answer_from_another_address_is_not_taken(service_parts):
     udp, tcp, raw = service_parts
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -181,6 +183,7 @@ def test_stop_is_idempotent_and_closes_its_upstream_sockets(service_parts):
     assert service.errors == []
 
 
+@needs_loopback
 def test_raw_reply_builds_a_datagram_the_kernel_delivers():
     if os.geteuid() != 0:
         pytest.skip("raw sockets need CAP_NET_RAW")
@@ -220,6 +223,7 @@ def test_upstream_queries_leave_from_random_ports_of_the_pool(service_parts):
 
 
 @needs_root
+@needs_loopback
 def test_a_refused_name_is_answered_here_and_never_asked(service_parts):
     udp, tcp, raw = service_parts
     server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -12,6 +12,7 @@ import pytest
 from netwrap.cli import options
 from netwrap.errors import UsageError
 from netwrap.linux import commands
+from privileges import needs_real_root_if_root
 from privileges import REAL_ROOT, SYSTEM_DIRS_REASON, SYSTEM_DIRS_ROOTS, needs_roots_system_dirs
 
 needs_root = pytest.mark.skipif(not REAL_ROOT, reason="root-owned directories need real root")
@@ -170,6 +171,7 @@ def test_help_names_the_system_path_netwrap_uses() -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts and mount namespaces need root (CI runs as root)")
+@needs_real_root_if_root
 def test_a_helper_as_root_cannot_unmount_the_hosts_mounts(tmp_path):
     # The shape of iproute2's /run/netns: a shared mount with a mount under it
     # (there, one per named netns). slirp4netns --enable-sandbox unmounts

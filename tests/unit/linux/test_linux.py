@@ -29,6 +29,10 @@ def test_drained_signals_do_not_fire_when_the_mask_is_restored():
 
 
 def test_read_signalfd_reports_signal_code_and_sender():
+    # The signal is sent to the process: a thread that does not block it (one
+    # another test left running) would take it, and its default action ends
+    # the whole run. With a handler, such a stray delivery fails this test.
+    old_handler = signal.signal(signal.SIGUSR2, lambda signum, frame: None)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR2])
     fd = syscalls.signalfd([signal.SIGUSR2])
     try:
@@ -37,6 +41,7 @@ def test_read_signalfd_reports_signal_code_and_sender():
     finally:
         os.close(fd)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.signal(signal.SIGUSR2, old_handler)
 
 
 def _status_in_child(prepare) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 from netwrap.linux import tproxy
+from privileges import needs_loopback
 
 # struct sockaddr_in: family AF_INET (2, host order), port 53, 8.8.8.8, 8 bytes of zero.
 SOCKADDR_IN = b"\x02\x00\x00\x35\x08\x08\x08\x08" + b"\0" * 8
@@ -26,6 +27,7 @@ def test_other_ancillary_data_is_not_an_address():
     assert tproxy.original_destination([(socket.SOL_IP, 20, SOCKADDR_IN[:6])]) is None
 
 
+@needs_loopback
 def test_a_real_transparent_udp_listener_asks_for_the_address():
     """The options are the kernel's: a loopback datagram carries its destination
     (IP_TRANSPARENT needs CAP_NET_ADMIN; without it only the second option is checked)."""

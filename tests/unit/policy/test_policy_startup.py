@@ -7,6 +7,7 @@ import socket
 
 from netwrap.backends import NetworkInfo
 from netwrap.policy import startup
+from privileges import needs_loopback
 
 
 FIB_TRIE = """Main:
@@ -92,6 +93,7 @@ def test_start_resolution_uses_resolvers_and_hosts_files(monkeypatch):
                      "local.test": {ip("198.18.0.9")}}
 
 
+@needs_loopback
 def test_start_resolution_asks_the_forced_resolver_not_getaddrinfo(monkeypatch):
     """The first forced resolver is silent, the second (a server on loopback here) answers."""
     import struct
