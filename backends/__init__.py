@@ -39,7 +39,11 @@ CAP_TCP = "tcp"
 CAP_UDP = "udp"
 CAP_ICMP = "icmp"  # ICMP echo over IPv4
 CAP_ICMP6 = "icmp6"  # ICMPv6 echo
-CAP_PUBLISH = "publish"
+CAP_PUBLISH = "publish"  # --publish of TCP ports
+CAP_PUBLISH_UDP = "publish-udp"  # --publish of UDP ports, replies included
+# A published connection reaches the sandbox from the client's own address
+# (the server inside sees the real peer), not from the backend's gateway.
+CAP_PUBLISH_KEEPS_PEER = "publish-keeps-peer"
 CAP_OUTBOUND_INTERFACE = "outbound-interface"
 CAP_HOST_LOOPBACK = "host-loopback"  # can open host loopback on request
 
@@ -182,6 +186,10 @@ def required_capabilities(config: "Config") -> dict[str, str]:
     needed: dict[str, str] = {}
     if config.allow_host_loopback:
         needed[CAP_HOST_LOOPBACK] = "--allow-host-loopback"
+    for published in config.publish:
+        needed.setdefault(CAP_PUBLISH, f"--publish {published.describe()}")
+        if published.proto == "udp":
+            needed.setdefault(CAP_PUBLISH_UDP, f"--publish {published.describe()}")
     if any(":" in resolver for resolver in config.dns):
         needed[CAP_IPV6] = f"--dns {next(r for r in config.dns if ':' in r)}"
     return needed

@@ -30,8 +30,8 @@ from __future__ import annotations
 import os
 
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
-    NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH,
+    CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
 )
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
@@ -51,14 +51,37 @@ DNS_FORWARD_V4 = "10.0.2.3"
 REQUIRED_OPTIONS = ("foreground", "config-net", "pid", "tcp-ports", "udp-ports", "tcp-ns", "udp-ns")
 
 
+# A build that names this option (passt 2024_08 and later) also has the UDP
+# flow table: the 2023 build delivers published datagrams but loses the
+# server's replies, so UDP publishing is declared only for newer builds.
+UDP_PUBLISH_MARKER = "map-host-loopback"
+
+
 class PastaBackend:
     name = "pasta"
     package = "passt"
-    capabilities = frozenset({
-        CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_ICMP, CAP_ICMP6, CAP_PUBLISH, CAP_OUTBOUND_INTERFACE, CAP_HOST_LOOPBACK,
+    # -t keeps the client's address: the server inside sees the real peer.
+    base_capabilities = frozenset({
+        CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_ICMP, CAP_ICMP6, CAP_PUBLISH, CAP_PUBLISH_KEEPS_PEER,
+        CAP_OUTBOUND_INTERFACE, CAP_HOST_LOOPBACK,
     })
 
+    def __init__(self) -> None:
+        self._probe: Probe | None = None
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this machine's pasta can do; probed (cached) on first use."""
+        probe = self._probe or self.probe()
+        if UDP_PUBLISH_MARKER in probe.options:
+            return self.base_capabilities | {CAP_PUBLISH_UDP}
+        return self.base_capabilities
+
     def probe(self) -> Probe:
+        self._probe = self._probe_now()
+        return self._probe
+
+    def _probe_now(self) -> Probe:
         path = which("pasta")
         fix = f"install the '{self.package}' package (e.g. apt-get install {self.package})"
         if path is None:
@@ -90,8 +113,11 @@ class PastaBackend:
         # Our own addresses, not copies of the host's (which would shadow it).
         argv += ["--address", ADDRESS_V4, "--netmask", str(PREFIX_V4), "--gateway", GATEWAY_V4,
                  "--address", ADDRESS_V6, "--gateway", GATEWAY_V6]
-        # Nothing from the host into the sandbox until ports are published.
-        argv += ["--tcp-ports", "none", "--udp-ports", "none"]
+        # Nothing from the host into the sandbox but the ports published.
+        for proto, option in (("tcp", "--tcp-ports"), ("udp", "--udp-ports")):
+            specs = [port_spec(p) for p in getattr(config, "publish", ()) if p.proto == proto]
+            for spec in specs or ["none"]:
+                argv += [option, spec]
         if config.allow_host_loopback:
             argv += ["--tcp-ns", "auto", "--udp-ns", "auto"]
         else:
@@ -104,6 +130,12 @@ class PastaBackend:
         else:
             argv.append(str(target.pid))
         return argv
+
+
+def port_spec(published) -> str:
+    """pasta's -t/-u SPEC for one --publish: [ADDRESS/]HOST_PORT:SANDBOX_PORT."""
+    address = f"{published.host_ip}/" if published.host_ip is not None else ""
+    return f"{address}{published.host_port}:{published.sandbox_port}"
 
 
 def _packaged_version(package: str) -> str | None:

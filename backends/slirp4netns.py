@@ -38,8 +38,8 @@ import os
 import socket
 
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
-    NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_PUBLISH_UDP, CAP_TCP,
+    CAP_UDP, NetworkInfo, Probe, Target,
 )
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import probe_binary
@@ -167,7 +167,9 @@ def capabilities_for(probe: Probe, *, ipv6: bool, icmp: bool) -> frozenset[str]:
     if ipv6:
         caps.add(CAP_IPV6)
     if "api-socket" in probe.options:
-        caps.add(CAP_PUBLISH)
+        # libslirp opens a fresh connection to the sandbox from its gateway:
+        # the server inside sees 10.0.2.2, never the client (no CAP_PUBLISH_KEEPS_PEER).
+        caps |= {CAP_PUBLISH, CAP_PUBLISH_UDP}
     if "outbound-addr" in probe.options:
         caps.add(CAP_OUTBOUND_INTERFACE)
     if icmp:
@@ -238,6 +240,7 @@ class Slirp4netnsHandle(DelegatesToProcess):
         self._workdir = workdir
         self._target = target
         self._ipv6 = ipv6
+        self.to_publish: tuple = ()  # the run's --publish, done through the API once ready
 
     @classmethod
     def start(cls, backend: Slirp4netnsBackend, target: Target, config, probe: Probe, *,
@@ -263,8 +266,10 @@ class Slirp4netnsHandle(DelegatesToProcess):
             raise
         finally:
             _close_all(theirs)  # slirp4netns has its copies; EOF must mean it is gone
-        return cls(process=process, ready_fd=ready_r, exit_fd=exit_w, workdir=workdir,
-                   api_socket=api_socket, target=target, ipv6=ipv6)
+        handle = cls(process=process, ready_fd=ready_r, exit_fd=exit_w, workdir=workdir,
+                     api_socket=api_socket, target=target, ipv6=ipv6)
+        handle.to_publish = tuple(getattr(config, "publish", ()))
+        return handle
 
     def wait_ready(self, timeout: float) -> NetworkInfo:
         if self._ready_fd is not None:
@@ -278,6 +283,13 @@ class Slirp4netnsHandle(DelegatesToProcess):
             os.close(self._ready_fd)
             self._ready_fd = None
         self._configure_inside()
+        try:
+            for published in self.to_publish:
+                for host_addr in publish_addresses(published, ipv6=self._ipv6):
+                    self.publish(published.proto, published.host_port, published.sandbox_port, host_addr)
+        except NetwrapError:
+            self.stop()
+            raise
         return self.network()
 
     def network(self) -> NetworkInfo:
@@ -302,8 +314,11 @@ class Slirp4netnsHandle(DelegatesToProcess):
 
     def publish(self, proto: str, host_port: int, guest_port: int, host_addr: str = "0.0.0.0") -> int:
         """Forward host_addr:host_port on the host to the sandbox's guest_port; the rule's id."""
-        reply = self._api({"execute": "add_hostfwd", "arguments": {
-            "proto": proto, "host_addr": host_addr, "host_port": host_port, "guest_port": guest_port}})
+        arguments = {"proto": proto, "host_addr": host_addr, "host_port": host_port, "guest_port": guest_port}
+        if ":" in host_addr:
+            # An IPv6 listener forwards to the sandbox's IPv6 address.
+            arguments["guest_addr"] = ADDRESS_V6.partition("/")[0]
+        reply = self._api({"execute": "add_hostfwd", "arguments": arguments})
         return int(reply["id"])
 
     def unpublish(self, rule_id: int) -> None:
@@ -341,6 +356,13 @@ class Slirp4netnsHandle(DelegatesToProcess):
         if self._exit_fd is not None:
             os.close(self._exit_fd)
             self._exit_fd = None
+
+
+def publish_addresses(published, *, ipv6: bool) -> list[str]:
+    """The host addresses slirp4netns listens on for one --publish (no HOST_IP: both wildcards)."""
+    if published.host_ip is not None:
+        return [published.host_ip]
+    return ["0.0.0.0", "::"] if ipv6 else ["0.0.0.0"]
 
 
 def api_reply(execute: str, data: bytes) -> dict:
