@@ -41,6 +41,9 @@ CAP_ICMP = "icmp"  # ICMP echo over IPv4
 CAP_ICMP6 = "icmp6"  # ICMPv6 echo
 CAP_PUBLISH = "publish"  # --publish of TCP ports
 CAP_PUBLISH_UDP = "publish-udp"  # --publish of UDP ports, replies included
+# Listening on the host's IPv6 addresses too (without it, a --publish with no
+# HOST_IP listens on IPv4 only, and an IPv6 HOST_IP is refused).
+CAP_PUBLISH_IPV6 = "publish-ipv6"
 # A published connection reaches the sandbox from the client's own address
 # (the server inside sees the real peer), not from the backend's gateway.
 CAP_PUBLISH_KEEPS_PEER = "publish-keeps-peer"
@@ -190,6 +193,8 @@ def required_capabilities(config: "Config") -> dict[str, str]:
         needed.setdefault(CAP_PUBLISH, f"--publish {published.describe()}")
         if published.proto == "udp":
             needed.setdefault(CAP_PUBLISH_UDP, f"--publish {published.describe()}")
+        if published.host_ip is not None and ":" in published.host_ip:
+            needed.setdefault(CAP_PUBLISH_IPV6, f"--publish {published.describe()}")
     if any(":" in resolver for resolver in config.dns):
         needed[CAP_IPV6] = f"--dns {next(r for r in config.dns if ':' in r)}"
     return needed

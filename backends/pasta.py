@@ -31,7 +31,7 @@ import os
 
 from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH,
-    CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
+    CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
 )
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
@@ -62,7 +62,7 @@ class PastaBackend:
     package = "passt"
     # -t keeps the client's address: the server inside sees the real peer.
     base_capabilities = frozenset({
-        CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_ICMP, CAP_ICMP6, CAP_PUBLISH, CAP_PUBLISH_KEEPS_PEER,
+        CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_ICMP, CAP_ICMP6, CAP_PUBLISH, CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER,
         CAP_OUTBOUND_INTERFACE, CAP_HOST_LOOPBACK,
     })
 

@@ -38,8 +38,8 @@ import os
 import socket
 
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_PUBLISH_UDP, CAP_TCP,
-    CAP_UDP, NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_PUBLISH_KEEPS_PEER,
+    CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
 )
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import probe_binary
@@ -167,9 +167,11 @@ def capabilities_for(probe: Probe, *, ipv6: bool, icmp: bool) -> frozenset[str]:
     if ipv6:
         caps.add(CAP_IPV6)
     if "api-socket" in probe.options:
-        # libslirp opens a fresh connection to the sandbox from its gateway:
-        # the server inside sees 10.0.2.2, never the client (no CAP_PUBLISH_KEEPS_PEER).
-        caps |= {CAP_PUBLISH, CAP_PUBLISH_UDP}
+        # libslirp gives a forwarded connection or datagram the client's own
+        # address as its source (only a client on the host's loopback shows
+        # up as the gateway, 10.0.2.2): measured end to end for TCP and UDP.
+        # add_hostfwd takes IPv4 host addresses only (1.2.x): no CAP_PUBLISH_IPV6.
+        caps |= {CAP_PUBLISH, CAP_PUBLISH_UDP, CAP_PUBLISH_KEEPS_PEER}
     if "outbound-addr" in probe.options:
         caps.add(CAP_OUTBOUND_INTERFACE)
     if icmp:
@@ -285,8 +287,9 @@ class Slirp4netnsHandle(DelegatesToProcess):
         self._configure_inside()
         try:
             for published in self.to_publish:
-                for host_addr in publish_addresses(published, ipv6=self._ipv6):
-                    self.publish(published.proto, published.host_port, published.sandbox_port, host_addr)
+                # IPv4 only: without HOST_IP, 0.0.0.0 (the API refuses IPv6 addresses).
+                self.publish(published.proto, published.host_port, published.sandbox_port,
+                             published.host_ip or "0.0.0.0")
         except NetwrapError:
             self.stop()
             raise
@@ -314,11 +317,8 @@ class Slirp4netnsHandle(DelegatesToProcess):
 
     def publish(self, proto: str, host_port: int, guest_port: int, host_addr: str = "0.0.0.0") -> int:
         """Forward host_addr:host_port on the host to the sandbox's guest_port; the rule's id."""
-        arguments = {"proto": proto, "host_addr": host_addr, "host_port": host_port, "guest_port": guest_port}
-        if ":" in host_addr:
-            # An IPv6 listener forwards to the sandbox's IPv6 address.
-            arguments["guest_addr"] = ADDRESS_V6.partition("/")[0]
-        reply = self._api({"execute": "add_hostfwd", "arguments": arguments})
+        reply = self._api({"execute": "add_hostfwd", "arguments": {
+            "proto": proto, "host_addr": host_addr, "host_port": host_port, "guest_port": guest_port}})
         return int(reply["id"])
 
     def unpublish(self, rule_id: int) -> None:
@@ -356,13 +356,6 @@ class Slirp4netnsHandle(DelegatesToProcess):
         if self._exit_fd is not None:
             os.close(self._exit_fd)
             self._exit_fd = None
-
-
-def publish_addresses(published, *, ipv6: bool) -> list[str]:
-    """The host addresses slirp4netns listens on for one --publish (no HOST_IP: both wildcards)."""
-    if published.host_ip is not None:
-        return [published.host_ip]
-    return ["0.0.0.0", "::"] if ipv6 else ["0.0.0.0"]
 
 
 def api_reply(execute: str, data: bytes) -> dict:

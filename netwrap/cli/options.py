@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "rule or preset that decided, bytes each way")
     p.add_argument("--publish", action="append", default=[], metavar="[HOST_IP:]HOST_PORT:SANDBOX_PORT[/tcp|/udp]",
                    help="accept connections on a host port and pass them to a port of the sandbox (repeatable; "
-                        "tcp if no protocol; HOST_IP is IPv4 or [IPv6], none: every host address). A published "
+                        "tcp if no protocol; HOST_IP is IPv4 or [IPv6], none: every host address, IPv4 only on "
+                        "slirp4netns). A published "
                         "flow and its replies pass whatever --offline, --block-private and --allow say: those "
                         "judge the command's own outbound flows")
     p.add_argument("-c", "--capture", metavar="FILE",

@@ -195,9 +195,9 @@ def test_pasta_publishes_only_the_ports_asked_for() -> None:
 
 
 def test_udp_publishing_is_declared_only_by_a_pasta_that_answers_it() -> None:
-    from netwrap.backends import CAP_PUBLISH, CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, Probe
+    from netwrap.backends import CAP_PUBLISH, CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, Probe
     old, new = PastaBackend(), PastaBackend()
     old._probe = Probe(available=True, options=frozenset({"no-map-gw"}))  # the 2023 build
     new._probe = Probe(available=True, options=frozenset({"map-host-loopback"}))  # 2024_08 and later
-    assert {CAP_PUBLISH, CAP_PUBLISH_KEEPS_PEER} <= old.capabilities and CAP_PUBLISH_UDP not in old.capabilities
+    assert {CAP_PUBLISH, CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER} <= old.capabilities and CAP_PUBLISH_UDP not in old.capabilities
     assert {CAP_PUBLISH, CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP} <= new.capabilities
