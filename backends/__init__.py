@@ -47,6 +47,10 @@ CAP_PUBLISH_IPV6 = "publish-ipv6"
 # A published connection reaches the sandbox from the client's own address
 # (the server inside sees the real peer), not from the backend's gateway.
 CAP_PUBLISH_KEEPS_PEER = "publish-keeps-peer"
+# The conntrack mark bit of published connections a backend makes inside the
+# sandbox itself (tunrelay): they arrive on lo, so the flow log knows them by
+# this bit rather than by their interface.
+PUBLISHED_CT_MARK = 0x00100000
 CAP_OUTBOUND_INTERFACE = "outbound-interface"
 CAP_HOST_LOOPBACK = "host-loopback"  # can open host loopback on request
 

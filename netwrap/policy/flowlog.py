@@ -33,8 +33,9 @@ from typing import Optional
 
 import attrs
 
+from netwrap.backends import PUBLISHED_CT_MARK
 from netwrap.linux.nfnetlink import TCP_CLOSING_STATES, CtEvent, Endpoint, LoggedPacket
-from netwrap.policy.nft import LOG_PREFIX
+from netwrap.policy.nft import LOG_PREFIX, TAG_PUBLISHED
 from netwrap.policy.model import SOURCE_DEFAULT, SOURCE_DNS, SOURCE_LOCAL, SOURCE_PUBLISH, Decision
 
 BLOCKED_IDLE = 2.0  # seconds; ping sends once a second
@@ -100,8 +101,10 @@ class FlowBook:
     # -- allowed flows: conntrack ------------------------------------------------------------
 
     def on_ct(self, event: CtEvent, now: float) -> list[dict]:
-        decision = self._tags.get(event.mark)
-        if event.mark == 0:
+        # A published connection the backend made inside itself (tunrelay) carries its bit, not a tag.
+        tag = TAG_PUBLISHED if event.mark & PUBLISHED_CT_MARK else event.mark
+        decision = self._tags.get(tag)
+        if tag == 0:
             return []
         if decision is None:
             self.unknown += 1
