@@ -27,6 +27,7 @@ are reached like any peer's: pasta connects to them from the host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from netwrap.backends import (
@@ -35,6 +36,7 @@ from netwrap.backends import (
 )
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
+from netwrap.config import Tools
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import searched, which
 from netwrap.linux.scratch import make_private_dir, remove_private_dir
@@ -53,7 +55,9 @@ REQUIRED_OPTIONS = ("foreground", "config-net", "pid", "tcp-ports", "udp-ports",
 
 # A build that names this option (passt 2024_08 and later) also has the UDP
 # flow table: the 2023 build delivers published datagrams but loses the
-# server's replies, so UDP publishing is declared only for newer builds.
+# server's replies (and leaks its listening socket into the command). With
+# such a build netwrap relays published UDP itself (netwrap.backends.
+# publish_relay, which needs nftables), keeping the client's address too.
 UDP_PUBLISH_MARKER = "map-host-loopback"
 
 
@@ -73,7 +77,7 @@ class PastaBackend:
     def capabilities(self) -> frozenset[str]:
         """What this machine's pasta can do; probed (cached) on first use."""
         probe = self._probe or self.probe()
-        if UDP_PUBLISH_MARKER in probe.options:
+        if UDP_PUBLISH_MARKER in probe.options or Tools.find().nft is not None:
             return self.base_capabilities | {CAP_PUBLISH_UDP}
         return self.base_capabilities
 
@@ -104,7 +108,10 @@ class PastaBackend:
     def start(self, target: Target, config, probe: Probe | None = None) -> "PastaHandle":
         probe = probe or self.probe()
         pass_fds = [target.netns_fd] if target.rootful else []
-        return PastaHandle.start(self.argv(target, config, probe, pidfile="{pidfile}"), pass_fds)
+        handle = PastaHandle.start(self.argv(target, config, probe, pidfile="{pidfile}"), pass_fds)
+        handle.relayed = [p for p in getattr(config, "publish", ()) if not pasta_publishes(p, probe)]
+        handle.target = target
+        return handle
 
     def argv(self, target: Target, config, probe: Probe, *, pidfile: str) -> list[str]:
         argv = [probe.path or "pasta", "--foreground", "--config-net", "--pid", pidfile]
@@ -115,7 +122,8 @@ class PastaBackend:
                  "--address", ADDRESS_V6, "--gateway", GATEWAY_V6]
         # Nothing from the host into the sandbox but the ports published.
         for proto, option in (("tcp", "--tcp-ports"), ("udp", "--udp-ports")):
-            specs = [port_spec(p) for p in getattr(config, "publish", ()) if p.proto == proto]
+            specs = [port_spec(p) for p in getattr(config, "publish", ())
+                     if p.proto == proto and pasta_publishes(p, probe)]
             for spec in specs or ["none"]:
                 argv += [option, spec]
         if config.allow_host_loopback:
@@ -130,6 +138,11 @@ class PastaBackend:
         else:
             argv.append(str(target.pid))
         return argv
+
+
+def pasta_publishes(published, probe: Probe) -> bool:
+    """Whether pasta itself forwards this --publish (else netwrap relays it: old builds' UDP)."""
+    return published.proto == "tcp" or UDP_PUBLISH_MARKER in probe.options
 
 
 def port_spec(published) -> str:
@@ -152,6 +165,10 @@ class PastaHandle(DelegatesToProcess):
         self.argv = process.argv
         self._fifo_fd: int | None = fifo_fd
         self._workdir = workdir
+        # --publish that netwrap relays itself (set by PastaBackend.start), and what that holds.
+        self.relayed: list = []
+        self.target: Target | None = None
+        self._stack = contextlib.ExitStack()
 
     @classmethod
     def start(cls, argv_template: list[str], pass_fds: list[int]) -> "PastaHandle":
@@ -181,11 +198,32 @@ class PastaHandle(DelegatesToProcess):
         # The pid FIFO has done its job: nothing of ours is left on
         # disk for the rest of the run, even if netwrap is SIGKILLed.
         remove_private_dir(self._workdir)
+        if self.relayed:
+            try:
+                self._relay(self.relayed)
+            except BaseException:
+                self.stop()
+                raise
         return NetworkInfo(addresses=(f"{ADDRESS_V4}/{PREFIX_V4}", f"{ADDRESS_V6}/64"),
                            gateways=(GATEWAY_V4, GATEWAY_V6),
                            dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
 
+    def _relay(self, published: list) -> None:
+        """Publish these ports through netwrap's own relay (the sandbox's setup calls are still valid)."""
+        import socket
+
+        from netwrap.backends import publish_relay
+        from netwrap.linux import rtnetlink
+
+        target = self.target
+        with target.calls.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                 socket.NETLINK_ROUTE) as nl_sock:
+            nl_sock.settimeout(5.0)
+            publish_relay.setup_routing(target.calls, rtnetlink.Rtnl(nl_sock), target.tools.nft)
+        publish_relay.start(target, published, (ADDRESS_V4, ADDRESS_V6), self._stack, _warn)
+
     def stop(self, timeout: float = 2.0) -> None:
+        self._stack.close()
         self.process.stop(timeout)
         self._close_fifo()
         remove_private_dir(self._workdir)
@@ -194,6 +232,12 @@ class PastaHandle(DelegatesToProcess):
         if self._fifo_fd is not None:
             os.close(self._fifo_fd)
             self._fifo_fd = None
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    sys.stderr.write(f"netwrap: warning: {message}\n")
 
 
 def _is_diagnostic(line: str) -> bool:

@@ -18,7 +18,8 @@ into the sandbox, which are only valid until "backend-ready"):
      the ruleset loads, else nat;
   4. the engine (engine.py) runs in a thread of the parent until stop();
   5. --publish (needs nftables): host listeners, and connections made again
-     inside from the client's own address (publish.py), in a second thread.
+     inside from the client's own address (netwrap.backends.publish_relay),
+     in a second thread.
 
 UDP, ICMP echo and DNS go through the packet core on both paths.
 """
@@ -34,6 +35,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from netwrap import __version__
+from netwrap.backends import publish_relay
 from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_PUBLISH, CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER,
     CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, Decide, NetworkInfo, Probe, Target,
@@ -180,7 +182,7 @@ class TunrelayHandle:
                 if chosen == "nat":
                     listeners = _nat_listeners(calls, stack)
                 if config.publish:
-                    _setup_publish_routing(calls, rtnl, target.tools.nft)
+                    publish_relay.setup_routing(calls, rtnl, target.tools.nft)
             debug(f"tunrelay: {index=} TCP path {chosen}")
 
             # Each relayed connection holds two sockets; keep headroom for the rest.
@@ -221,7 +223,7 @@ class TunrelayHandle:
                     sys.stderr.write(f"netwrap: warning: {message}\n")
 
             if config.publish:
-                _start_publishing(target, config, stack, warn)
+                publish_relay.start(target, list(config.publish), (A.ADDRESS_V4, A.ADDRESS_V6), stack, warn)
             engine = Engine(tun_fd=tun_fd, core=core, gate=gate, listeners=listeners, max_pumps=max_flows,
                             warn=warn)
             stack.callback(engine.close)  # after the thread has ended (stop() joins it first)
@@ -380,47 +382,6 @@ def _setup_tproxy(calls: SandboxCalls, rtnl: rtnetlink.Rtnl, stack: contextlib.E
                                                    kind=rtnetlink.RTN_LOCAL, seq=s),
                      "add the TPROXY local route")
     return [l4, l6]
-
-
-def _setup_publish_routing(calls: SandboxCalls, rtnl: rtnetlink.Rtnl, nft: str | None) -> None:
-    """Replies to the published connections' transparent sockets are delivered to them through lo."""
-    from . import publish
-
-    if nft is None:
-        raise NetwrapError(f"tunrelay: --publish needs nft, not found in {searched()} (install the 'nftables' package)")
-    calls.run([nft, "-f", "-"], input=publish.render_ruleset())
-    for family in (socket.AF_INET, socket.AF_INET6):
-        rtnl.request(lambda s: rtnetlink.add_rule(family, fwmark=publish.MARK, fwmask=publish.MARK,
-                                                  table=publish.ROUTE_TABLE, priority=publish.RULE_PRIORITY, seq=s),
-                     "add the --publish routing rule")
-        rtnl.request(lambda s: rtnetlink.add_route(family, oif=1, table=publish.ROUTE_TABLE,
-                                                   kind=rtnetlink.RTN_LOCAL, seq=s),
-                     "add the --publish local route")
-
-
-def _start_publishing(target: Target, config: Config, stack: contextlib.ExitStack, warn) -> None:
-    """Host sockets for every --publish, the socket maker in the sandbox, and the publisher's thread."""
-    from . import publish
-
-    sockets = []
-    for published in config.publish:
-        for sock in publish.open_host_sockets(published):
-            stack.callback(sock.close)  # the publisher closes them too; a second close is harmless
-            address = A.ADDRESS_V6 if sock.family == socket.AF_INET6 else A.ADDRESS_V4
-            sockets.append((sock, (address, published.sandbox_port)))
-    userns_fd = None if target.rootful else os.open(f"/proc/{target.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        maker = publish.SocketMaker(netns_fd=target.netns_fd, userns_fd=userns_fd)
-    finally:
-        if userns_fd is not None:
-            os.close(userns_fd)
-    stack.callback(maker.close)
-    publisher = publish.Publisher(sockets=sockets, maker=maker, warn=warn)
-    stack.callback(publisher.close)
-    thread = threading.Thread(target=publisher.run, name="tunrelay-publish", daemon=True)
-    thread.start()
-    stack.callback(thread.join, STOP_TIMEOUT)
-    stack.callback(publisher.stop)
 
 
 def _nat_listeners(calls: SandboxCalls, stack: contextlib.ExitStack) -> list[socket.socket]:

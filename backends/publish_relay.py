@@ -1,4 +1,7 @@
-"""tunrelay's --publish: host listeners whose connections are made again inside the sandbox, from the client's address.
+"""--publish relayed by netwrap itself: host listeners whose connections are made again inside the sandbox, from the client's address.
+
+Used by tunrelay (TCP and UDP), and by pasta for UDP where its build loses
+the replies (the distribution's 2023 build).
 
 The client connects to a socket of netwrap's on the host.  The connection
 into the sandbox is then opened by a transparent socket (IP_TRANSPARENT)
@@ -33,14 +36,21 @@ import struct
 import time
 from typing import TYPE_CHECKING, Callable
 
+import threading
+
 from netwrap.backends import PUBLISHED_CT_MARK
 from netwrap.errors import NetwrapError
 from netwrap.linux import syscalls
 
-from .pump import PUMP_EVENTS_HINT, PipePool, Pump
+from netwrap.backends.tunrelay.pump import PUMP_EVENTS_HINT, PipePool, Pump
 
 if TYPE_CHECKING:
+    import contextlib
+
+    from netwrap.backends import Target
     from netwrap.config import PublishedPort
+    from netwrap.linux import rtnetlink
+    from netwrap.sandbox.calls import SandboxCalls
 
 TABLE_NAME = "netwrap_publish"
 MARK = PUBLISHED_CT_MARK  # one bit: the policy's and the fast path's marks keep working
@@ -441,3 +451,52 @@ def _reset(s: socket.socket) -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass
+
+
+# -- setup, for a backend's start (the sandbox's setup calls are still valid) --------------------
+
+STOP_TIMEOUT = 2.0
+
+
+def setup_routing(calls: "SandboxCalls", rtnl: "rtnetlink.Rtnl", nft: str | None) -> None:
+    """Replies to the transparent sockets are delivered to them through lo: the ruleset, rules and routes."""
+    from netwrap.linux import rtnetlink
+    from netwrap.linux.commands import searched
+
+    if nft is None:
+        raise NetwrapError(f"--publish needs nft here, not found in {searched()} (install the 'nftables' package)")
+    calls.run([nft, "-f", "-"], input=render_ruleset())
+    for family in (socket.AF_INET, socket.AF_INET6):
+        rtnl.request(lambda s: rtnetlink.add_rule(family, fwmark=MARK, fwmask=MARK, table=ROUTE_TABLE,
+                                                  priority=RULE_PRIORITY, seq=s),
+                     "add the --publish routing rule")
+        rtnl.request(lambda s: rtnetlink.add_route(family, oif=1, table=ROUTE_TABLE, kind=rtnetlink.RTN_LOCAL, seq=s),
+                     "add the --publish local route")
+
+
+def start(target: "Target", published: "list[PublishedPort]", sandbox: tuple[str, str],
+          stack: "contextlib.ExitStack", warn: Callable[[str], None]) -> Publisher:
+    """Host sockets for `published`, the socket maker in the sandbox, the publisher's thread; all undone by `stack`.
+
+    sandbox: the sandbox's IPv4 and IPv6 addresses, where the connections go.
+    """
+    sockets = []
+    for p in published:
+        for sock in open_host_sockets(p):
+            stack.callback(sock.close)  # the publisher closes them too; a second close is harmless
+            address = sandbox[1] if sock.family == socket.AF_INET6 else sandbox[0]
+            sockets.append((sock, (address, p.sandbox_port)))
+    userns_fd = None if target.rootful else os.open(f"/proc/{target.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        maker = SocketMaker(netns_fd=target.netns_fd, userns_fd=userns_fd)
+    finally:
+        if userns_fd is not None:
+            os.close(userns_fd)
+    stack.callback(maker.close)
+    publisher = Publisher(sockets=sockets, maker=maker, warn=warn)
+    stack.callback(publisher.close)
+    thread = threading.Thread(target=publisher.run, name="netwrap-publish", daemon=True)
+    thread.start()
+    stack.callback(thread.join, STOP_TIMEOUT)
+    stack.callback(publisher.stop)
+    return publisher
