@@ -111,6 +111,7 @@ class PastaBackend:
         handle = PastaHandle.start(self.argv(target, config, probe, pidfile="{pidfile}"), pass_fds)
         handle.relayed = [p for p in getattr(config, "publish", ()) if not pasta_publishes(p, probe)]
         handle.target = target
+        handle.quiet = config.verbosity < 0
         return handle
 
     def argv(self, target: Target, config, probe: Probe, *, pidfile: str) -> list[str]:
@@ -168,6 +169,7 @@ class PastaHandle(DelegatesToProcess):
         # --publish that netwrap relays itself (set by PastaBackend.start), and what that holds.
         self.relayed: list = []
         self.target: Target | None = None
+        self.quiet = False
         self._stack = contextlib.ExitStack()
 
     @classmethod
@@ -220,7 +222,8 @@ class PastaHandle(DelegatesToProcess):
                                  socket.NETLINK_ROUTE) as nl_sock:
             nl_sock.settimeout(5.0)
             publish_relay.setup_routing(target.calls, rtnetlink.Rtnl(nl_sock), target.tools.nft)
-        publish_relay.start(target, published, (ADDRESS_V4, ADDRESS_V6), self._stack, _warn)
+        publish_relay.start(target, published, (ADDRESS_V4, ADDRESS_V6), self._stack,
+                            (lambda message: None) if self.quiet else _warn)
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stack.close()
