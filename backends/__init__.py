@@ -39,7 +39,18 @@ CAP_TCP = "tcp"
 CAP_UDP = "udp"
 CAP_ICMP = "icmp"  # ICMP echo over IPv4
 CAP_ICMP6 = "icmp6"  # ICMPv6 echo
-CAP_PUBLISH = "publish"
+CAP_PUBLISH = "publish"  # --publish of TCP ports
+CAP_PUBLISH_UDP = "publish-udp"  # --publish of UDP ports, replies included
+# Listening on the host's IPv6 addresses too (without it, a --publish with no
+# HOST_IP listens on IPv4 only, and an IPv6 HOST_IP is refused).
+CAP_PUBLISH_IPV6 = "publish-ipv6"
+# A published connection reaches the sandbox from the client's own address
+# (the server inside sees the real peer), not from the backend's gateway.
+CAP_PUBLISH_KEEPS_PEER = "publish-keeps-peer"
+# The conntrack mark bit of published connections a backend makes inside the
+# sandbox itself (tunrelay): they arrive on lo, so the flow log knows them by
+# this bit rather than by their interface.
+PUBLISHED_CT_MARK = 0x00100000
 CAP_OUTBOUND_INTERFACE = "outbound-interface"
 CAP_HOST_LOOPBACK = "host-loopback"  # can open host loopback on request
 
@@ -184,6 +195,12 @@ def required_capabilities(config: "Config") -> dict[str, str]:
         needed[CAP_HOST_LOOPBACK] = "--allow-host-loopback"
     if config.outbound_interface is not None:
         needed[CAP_OUTBOUND_INTERFACE] = f"--iface {config.outbound_interface.name}"
+    for published in config.publish:
+        needed.setdefault(CAP_PUBLISH, f"--publish {published.describe()}")
+        if published.proto == "udp":
+            needed.setdefault(CAP_PUBLISH_UDP, f"--publish {published.describe()}")
+        if published.host_ip is not None and ":" in published.host_ip:
+            needed.setdefault(CAP_PUBLISH_IPV6, f"--publish {published.describe()}")
     if any(":" in resolver for resolver in config.dns):
         needed[CAP_IPV6] = f"--dns {next(r for r in config.dns if ':' in r)}"
     return needed

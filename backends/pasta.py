@@ -27,15 +27,17 @@ are reached like any peer's: pasta connects to them from the host.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
-    NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH,
+    CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
 )
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import package_version, probe_binary
+from netwrap.config import Tools
 from netwrap.errors import NetwrapError
 from netwrap.linux.commands import searched, which
 from netwrap.linux.hostfiles import read_host_file
@@ -53,14 +55,39 @@ DNS_FORWARD_V4 = "10.0.2.3"
 REQUIRED_OPTIONS = ("foreground", "config-net", "pid", "tcp-ports", "udp-ports", "tcp-ns", "udp-ns")
 
 
+# A build that names this option (passt 2024_08 and later) also has the UDP
+# flow table: the 2023 build delivers published datagrams but loses the
+# server's replies (and leaks its listening socket into the command). With
+# such a build netwrap relays published UDP itself (netwrap.backends.
+# publish_relay, which needs nftables), keeping the client's address too.
+UDP_PUBLISH_MARKER = "map-host-loopback"
+
+
 class PastaBackend:
     name = "pasta"
     package = "passt"
-    capabilities = frozenset({
-        CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_ICMP, CAP_ICMP6, CAP_PUBLISH, CAP_OUTBOUND_INTERFACE, CAP_HOST_LOOPBACK,
+    # -t keeps the client's address: the server inside sees the real peer.
+    base_capabilities = frozenset({
+        CAP_IPV4, CAP_IPV6, CAP_TCP, CAP_UDP, CAP_ICMP, CAP_ICMP6, CAP_PUBLISH, CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER,
+        CAP_OUTBOUND_INTERFACE, CAP_HOST_LOOPBACK,
     })
 
+    def __init__(self) -> None:
+        self._probe: Probe | None = None
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        """What this machine's pasta can do; probed (cached) on first use."""
+        probe = self._probe or self.probe()
+        if UDP_PUBLISH_MARKER in probe.options or Tools.find().nft is not None:
+            return self.base_capabilities | {CAP_PUBLISH_UDP}
+        return self.base_capabilities
+
     def probe(self) -> Probe:
+        self._probe = self._probe_now()
+        return self._probe
+
+    def _probe_now(self) -> Probe:
         path = which("pasta")
         fix = f"install the '{self.package}' package (e.g. apt-get install {self.package})"
         if path is None:
@@ -87,7 +114,11 @@ class PastaBackend:
             if problem:
                 sys.stderr.write(f"netwrap: warning: {problem}\n")
         pass_fds = [target.netns_fd] if target.rootful else []
-        return PastaHandle.start(self.argv(target, config, probe, pidfile="{pidfile}"), pass_fds)
+        handle = PastaHandle.start(self.argv(target, config, probe, pidfile="{pidfile}"), pass_fds)
+        handle.relayed = [p for p in getattr(config, "publish", ()) if not pasta_publishes(p, probe)]
+        handle.target = target
+        handle.quiet = config.verbosity < 0
+        return handle
 
     def argv(self, target: Target, config, probe: Probe, *, pidfile: str) -> list[str]:
         argv = [probe.path or "pasta", "--foreground", "--config-net", "--pid", pidfile]
@@ -96,8 +127,12 @@ class PastaBackend:
         # Our own addresses, not copies of the host's (which would shadow it).
         argv += ["--address", ADDRESS_V4, "--netmask", str(PREFIX_V4), "--gateway", GATEWAY_V4,
                  "--address", ADDRESS_V6, "--gateway", GATEWAY_V6]
-        # Nothing from the host into the sandbox until ports are published.
-        argv += ["--tcp-ports", "none", "--udp-ports", "none"]
+        # Nothing from the host into the sandbox but the ports published.
+        for proto, option in (("tcp", "--tcp-ports"), ("udp", "--udp-ports")):
+            specs = [port_spec(p) for p in getattr(config, "publish", ())
+                     if p.proto == proto and pasta_publishes(p, probe)]
+            for spec in specs or ["none"]:
+                argv += [option, spec]
         if config.allow_host_loopback:
             argv += ["--tcp-ns", "auto", "--udp-ns", "auto"]
         else:
@@ -146,6 +181,17 @@ def iface_dns_problem(resolv_conf_text: str, iface: str) -> str | None:
             f"so names will not resolve; give -d RESOLVER to send DNS out by {iface} too")
 
 
+def pasta_publishes(published, probe: Probe) -> bool:
+    """Whether pasta itself forwards this --publish (else netwrap relays it: old builds' UDP)."""
+    return published.proto == "tcp" or UDP_PUBLISH_MARKER in probe.options
+
+
+def port_spec(published) -> str:
+    """pasta's -t/-u SPEC for one --publish: [ADDRESS/]HOST_PORT:SANDBOX_PORT."""
+    address = f"{published.host_ip}/" if published.host_ip is not None else ""
+    return f"{address}{published.host_port}:{published.sandbox_port}"
+
+
 def _packaged_version(package: str) -> str | None:
     version = package_version(package)
     return f"{version} (distribution package)" if version else None
@@ -160,6 +206,11 @@ class PastaHandle(DelegatesToProcess):
         self.argv = process.argv
         self._fifo_fd: int | None = fifo_fd
         self._workdir = workdir
+        # --publish that netwrap relays itself (set by PastaBackend.start), and what that holds.
+        self.relayed: list = []
+        self.target: Target | None = None
+        self.quiet = False
+        self._stack = contextlib.ExitStack()
 
     @classmethod
     def start(cls, argv_template: list[str], pass_fds: list[int]) -> "PastaHandle":
@@ -189,11 +240,33 @@ class PastaHandle(DelegatesToProcess):
         # The pid FIFO has done its job: nothing of ours is left on
         # disk for the rest of the run, even if netwrap is SIGKILLed.
         remove_private_dir(self._workdir)
+        if self.relayed:
+            try:
+                self._relay(self.relayed)
+            except BaseException:
+                self.stop()
+                raise
         return NetworkInfo(addresses=(f"{ADDRESS_V4}/{PREFIX_V4}", f"{ADDRESS_V6}/64"),
                            gateways=(GATEWAY_V4, GATEWAY_V6),
                            dns=(DNS_FORWARD_V4,) if "--dns-forward" in self.argv else ())
 
+    def _relay(self, published: list) -> None:
+        """Publish these ports through netwrap's own relay (the sandbox's setup calls are still valid)."""
+        import socket
+
+        from netwrap.backends import publish_relay
+        from netwrap.linux import rtnetlink
+
+        target = self.target
+        with target.calls.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                                 socket.NETLINK_ROUTE) as nl_sock:
+            nl_sock.settimeout(5.0)
+            publish_relay.setup_routing(target.calls, rtnetlink.Rtnl(nl_sock), target.tools.nft)
+        publish_relay.start(target, published, (ADDRESS_V4, ADDRESS_V6), self._stack,
+                            (lambda message: None) if self.quiet else _warn)
+
     def stop(self, timeout: float = 2.0) -> None:
+        self._stack.close()
         self.process.stop(timeout)
         self._close_fifo()
         remove_private_dir(self._workdir)
@@ -202,6 +275,12 @@ class PastaHandle(DelegatesToProcess):
         if self._fifo_fd is not None:
             os.close(self._fifo_fd)
             self._fifo_fd = None
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    sys.stderr.write(f"netwrap: warning: {message}\n")
 
 
 def _is_diagnostic(line: str) -> bool:

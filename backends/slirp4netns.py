@@ -39,8 +39,8 @@ import socket
 from typing import TYPE_CHECKING
 
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_TCP, CAP_UDP,
-    NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH, CAP_PUBLISH_KEEPS_PEER,
+    CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, NetworkInfo, Probe, Target,
 )
 from netwrap.backends.helper_process import DelegatesToProcess, HelperProcess
 from netwrap.backends.probing import probe_binary
@@ -182,7 +182,11 @@ def capabilities_for(probe: Probe, *, ipv6: bool, icmp: bool) -> frozenset[str]:
     if ipv6:
         caps.add(CAP_IPV6)
     if "api-socket" in probe.options:
-        caps.add(CAP_PUBLISH)
+        # libslirp gives a forwarded connection or datagram the client's own
+        # address as its source (only a client on the host's loopback shows
+        # up as the gateway, 10.0.2.2): measured end to end for TCP and UDP.
+        # add_hostfwd takes IPv4 host addresses only (1.2.x): no CAP_PUBLISH_IPV6.
+        caps |= {CAP_PUBLISH, CAP_PUBLISH_UDP, CAP_PUBLISH_KEEPS_PEER}
     if "outbound-addr" in probe.options:
         caps.add(CAP_OUTBOUND_INTERFACE)
     if icmp:
@@ -253,6 +257,7 @@ class Slirp4netnsHandle(DelegatesToProcess):
         self._workdir = workdir
         self._target = target
         self._ipv6 = ipv6
+        self.to_publish: tuple = ()  # the run's --publish, done through the API once ready
 
     @classmethod
     def start(cls, backend: Slirp4netnsBackend, target: Target, config, probe: Probe, *,
@@ -278,8 +283,10 @@ class Slirp4netnsHandle(DelegatesToProcess):
             raise
         finally:
             _close_all(theirs)  # slirp4netns has its copies; EOF must mean it is gone
-        return cls(process=process, ready_fd=ready_r, exit_fd=exit_w, workdir=workdir,
-                   api_socket=api_socket, target=target, ipv6=ipv6)
+        handle = cls(process=process, ready_fd=ready_r, exit_fd=exit_w, workdir=workdir,
+                     api_socket=api_socket, target=target, ipv6=ipv6)
+        handle.to_publish = tuple(getattr(config, "publish", ()))
+        return handle
 
     def wait_ready(self, timeout: float) -> NetworkInfo:
         if self._ready_fd is not None:
@@ -293,6 +300,14 @@ class Slirp4netnsHandle(DelegatesToProcess):
             os.close(self._ready_fd)
             self._ready_fd = None
         self._configure_inside()
+        try:
+            for published in self.to_publish:
+                # IPv4 only: without HOST_IP, 0.0.0.0 (the API refuses IPv6 addresses).
+                self.publish(published.proto, published.host_port, published.sandbox_port,
+                             published.host_ip or "0.0.0.0")
+        except NetwrapError:
+            self.stop()
+            raise
         return self.network()
 
     def network(self) -> NetworkInfo:

@@ -17,7 +17,9 @@ over each path:
 
 Probes: TCP throughput up and down (client sends / -R), 1 and 4 streams
 (iperf3 --json, receiver's count); TCP and UDP round trip (sockperf
-ping-pong --full-rtt); plus the startup row (`-- true`).  Each repetition runs
+ping-pong --full-rtt); plus the startup row (`-- true`) and the publish rows
+(iperf3's server inside, its client in the internet namespace, through a
+published port: nwbench/publish.py).  Each repetition runs
 every path once per probe, alternating, and rows report medians, netwrap /
 anchor ratios against the row's target, and the host ceiling.  Results are
 reported, never asserted: a slow machine is not a failing test.
@@ -48,6 +50,7 @@ for entry in (HERE, REPO / "tests"):  # nwbench; the test world
         sys.path.insert(0, str(entry))
 
 from nwbench import measure, paths, probes, report, rows  # noqa: E402
+from nwbench.publish import PUBLISH_ROWS  # noqa: E402
 from nwbench.startup import STARTUP_ROWS  # noqa: E402
 
 
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 else list(dict.fromkeys([*BUILTIN, *rows.RAW_ANCHORS])))
     all_paths = paths.all_paths([b for b in backends if b in registered])
     net_specs = rows.network_rows(backends, registered)
-    names = [*STARTUP_ROWS, *(s.name for s in net_specs)]
+    names = [*STARTUP_ROWS, *(s.name for s in net_specs), *PUBLISH_ROWS]
     chosen = [n for n in names if not args.only or any(fnmatch.fnmatchcase(n, g) for g in args.only)]
     if args.list:
         print("\n".join(names))
@@ -165,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
                 with probes.servers(world, {p.server for p, _ in plan}, world.WORLD_V4) as endpoints:
                     measurements = measure.measure(world, user, plan, endpoints, args.reps, args.seconds, progress)
             results += [rows.evaluate(s, measurements, all_paths) for s in net_specs]
+            for name in PUBLISH_ROWS:
+                if name in chosen:
+                    progress(f"{name}: {args.reps} repetitions of {args.seconds:g} s each side")
+                    results.append(PUBLISH_ROWS[name](world, user, args.reps, args.seconds))
     except WorldRefused as refusal:
         progress(f"benchmarks/run.py: {refusal}")
         return 3

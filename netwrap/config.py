@@ -56,6 +56,23 @@ class RunAs:
 
 
 @attrs.frozen(kw_only=True)
+class PublishedPort:
+    """One --publish: a host port whose connections reach a port of the sandbox."""
+
+    proto: str  # "tcp" or "udp"
+    # The host address to listen on (IPv4 or IPv6, no brackets); None: every
+    # host address of both families.
+    host_ip: str | None = None
+    host_port: int
+    sandbox_port: int
+
+    def describe(self) -> str:
+        """The spec as the user would write it, for messages."""
+        host = "" if self.host_ip is None else (f"[{self.host_ip}]:" if ":" in self.host_ip else f"{self.host_ip}:")
+        return f"{host}{self.host_port}:{self.sandbox_port}/{self.proto}"
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     command: tuple[str, ...]
     backend: str = "auto"
@@ -88,6 +105,8 @@ class Config:
     # backend's own addresses and resolvers join it at run time (Policy.with_network).
     policy: "Policy | None" = attrs.field(default=None, eq=False)
     tools: Tools = Tools()
+    # --publish: host ports opened into the sandbox (checked free when parsed).
+    publish: tuple[PublishedPort, ...] = ()
     # -c/-C, or None for no capture.
     capture: CaptureSpec | None = None
     # Output files (--flow-log, every file of -c), opened while the flags were

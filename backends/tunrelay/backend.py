@@ -16,7 +16,10 @@ into the sandbox, which are only valid until "backend-ready"):
                kernel connects to a listener of the relay (core.py, nat.py)
      --tunrelay-tcp picks one; auto takes tproxy when nft is installed and
      the ruleset loads, else nat;
-  4. the engine (engine.py) runs in a thread of the parent until stop().
+  4. the engine (engine.py) runs in a thread of the parent until stop();
+  5. --publish (needs nftables): host listeners, and connections made again
+     inside from the client's own address (netwrap.backends.publish_relay),
+     in a second thread.
 
 UDP, ICMP echo and DNS go through the packet core on both paths.
 """
@@ -32,10 +35,12 @@ import threading
 from typing import TYPE_CHECKING
 
 from netwrap import __version__
+from netwrap.backends import publish_relay
 from netwrap.backends import (
-    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_TCP, CAP_UDP, Decide,
-    NetworkInfo, Probe, Target,
+    CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH,
+    CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, Decide, NetworkInfo, Probe, Target,
 )
+from netwrap.config import Tools
 from netwrap.errors import NetwrapError
 from netwrap.linux import rtnetlink
 from netwrap.linux import tproxy as transparent
@@ -80,6 +85,10 @@ class TunrelayBackend:
             caps.add(CAP_ICMP)
         if icmp_problem(socket.AF_INET6) is None:
             caps.add(CAP_ICMP6)
+        # Publishing routes the server's replies back to its transparent
+        # sockets with nftables marks (publish.py): only where nft is installed.
+        if Tools.find().nft is not None:
+            caps |= {CAP_PUBLISH, CAP_PUBLISH_UDP, CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER}
         return frozenset(caps)
 
     def probe(self) -> Probe:
@@ -180,6 +189,8 @@ class TunrelayHandle:
                         chosen = "nat"
                 if chosen == "nat":
                     listeners = _nat_listeners(calls, stack)
+                if config.publish:
+                    publish_relay.setup_routing(calls, rtnl, target.tools.nft)
             debug(f"tunrelay: {index=} TCP path {chosen}")
 
             # Each relayed connection holds two sockets; keep headroom for the rest.
@@ -219,6 +230,8 @@ class TunrelayHandle:
                 if verbosity >= 0:
                     sys.stderr.write(f"netwrap: warning: {message}\n")
 
+            if config.publish:
+                publish_relay.start(target, list(config.publish), (A.ADDRESS_V4, A.ADDRESS_V6), stack, warn)
             engine = Engine(tun_fd=tun_fd, core=core, gate=gate, listeners=listeners, max_pumps=max_flows,
                             warn=warn, outbound=outbound)
             stack.callback(engine.close)  # after the thread has ended (stop() joins it first)

@@ -83,12 +83,12 @@ def _wait_exec(process: subprocess.Popen, comm: str) -> None:
                timeout=READY_TIMEOUT, interval=POLL_INTERVAL)
 
 
-def _start_slirp4netns(world: World, user: bool | str, pid: int, log) -> subprocess.Popen:
+def _start_slirp4netns(world: World, user: bool | str, pid: int, log, extra: list[str] = ()) -> subprocess.Popen:
     """slirp4netns on the holder's namespace, returned once it reports ready on --ready-fd."""
     read_end, write_end = os.pipe()
     try:
         slirp = world.popen(["slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
-                             f"--ready-fd={write_end}", str(pid), "tap0"], user=user, pass_fds=(write_end,),
+                             f"--ready-fd={write_end}", *extra, str(pid), "tap0"], user=user, pass_fds=(write_end,),
                             stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         os.close(write_end)
         write_end = -1

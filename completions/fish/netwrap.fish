@@ -21,7 +21,7 @@ function __netwrap_command_start
             case --
                 echo (math $i + 1)
                 return
-            case --backend --dns -d --hosts-file --add-host --user --allow --deny --default-policy --flow-log --capture -c --capture-point -C --tunrelay-tcp --helper-path -i --iface
+            case --backend --dns -d --hosts-file --add-host --user --allow --deny --default-policy --flow-log --capture -c --capture-point -C --tunrelay-tcp --helper-path -i --iface --publish
                 set skip 1
             case '-*'
             case '*'
@@ -71,6 +71,7 @@ complete -c netwrap -n __netwrap_before_command -l summary -d 'print a short rep
 complete -c netwrap -n __netwrap_before_command -l helper-path -x -a '(__fish_complete_directories)' -d 'look up helper programs here only'
 complete -c netwrap -n __netwrap_before_command -s i -l iface -x -a '(__fish_print_interfaces)' -d 'leave the host through this interface'
 complete -c netwrap -n __netwrap_before_command -l dns-allowed-only -d 'answer DNS only for names an --allow names'
+complete -c netwrap -n __netwrap_before_command -l publish -x -d 'publish a sandbox port on the host'
 complete -c netwrap -n __netwrap_before_command -l doctor -d 'check this machine'
 complete -c netwrap -n __netwrap_before_command -s v -l verbose -d 'say more'
 complete -c netwrap -n __netwrap_before_command -s q -l quiet -d 'only errors'

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--flow-log", metavar="FILE",
                         help="write one JSON line per flow: times, protocol, addresses and ports, verdict, the "
                              "rule or preset that decided, bytes each way")
+    p.add_argument("--publish", action="append", default=[], metavar="[HOST_IP:]HOST_PORT:SANDBOX_PORT[/tcp|/udp]",
+                   help="accept connections on a host port and pass them to a port of the sandbox (repeatable; "
+                        "tcp if no protocol; HOST_IP is IPv4 or [IPv6], none: every host address, IPv4 only on "
+                        "slirp4netns). A published "
+                        "flow and its replies pass whatever --offline, --block-private and --allow say: those "
+                        "judge the command's own outbound flows")
     p.add_argument("-c", "--capture", metavar="FILE",
                    help="write the command's packets to FILE (pcapng, for Wireshark/tshark)")
     p.add_argument("-C", "--capture-point", choices=("child", "egress", "wire-egress", "both"), metavar="POINT",
@@ -169,6 +175,7 @@ def parse(argv: Sequence[str]):
 
         capture = parse_capture(args.capture, args.capture_point)
     outbound_interface = _outbound_interface(args.iface) if args.iface is not None else None
+    published = _publish(args.publish, rootful=rootful)
     policy = _policy(args)
     # Opened last, once every other check passed, and kept open for the run:
     # nothing can be swapped in between a check and the open.
@@ -188,6 +195,7 @@ def parse(argv: Sequence[str]):
         summary=args.summary,
         tunrelay_tcp=args.tunrelay_tcp,
         outbound_interface=outbound_interface,
+        publish=published,
         **policy,
         tools=Tools.find(),
         outputs=outputs,
@@ -205,6 +213,19 @@ def use_helper_path(text: str | None) -> None:
 
     if text is not None:
         commands.configure_helper_path(commands.parse_helper_path(text, as_root=os.geteuid() == 0))
+
+
+def _publish(specs: list[str], *, rootful: bool) -> tuple:
+    """Every --publish parsed, and its host port tried (exit 2 naming the port)."""
+    if not specs:
+        return ()
+    from netwrap.cli.publish import check_host_port, check_unique, parse_publish
+
+    published = tuple(parse_publish(spec) for spec in specs)
+    check_unique(published)
+    for p in published:
+        check_host_port(p, rootful=rootful)
+    return published
 
 
 def _policy(args: argparse.Namespace) -> dict:

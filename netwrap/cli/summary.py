@@ -25,6 +25,8 @@ def lines(config: Config, outcome) -> list[str]:
         what = [f"file {config.hosts_file}"] if config.hosts_file else []
         what += [f"{name}={ip}" for name, ip in config.add_hosts]
         controls.append("hosts " + ", ".join(what))
+    if config.publish:
+        controls.append("published " + ", ".join(p.describe() for p in config.publish))
     out = [
         f"backend:  {outcome.backend}{version} ({mode})",
         f"command:  {' '.join(config.command)} as {who}",

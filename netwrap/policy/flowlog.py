@@ -15,6 +15,9 @@ A record (one JSON object per line):
   protocol          tcp, udp, icmp, icmpv6
   source, destination   {"address", "port"} (port null for ICMP), as the command sent it
   translated_destination   where NAT sent it instead, if anywhere (DNS is not NATed: netwrap.dns.path)
+  direction         "inbound" for a flow that came in through --publish (source is
+                    then the client, destination the sandbox's port, bytes_sent what
+                    the client sent); absent for the command's own outbound flows
   verdict           allow | deny
   decided_by        "--allow '93.184.215.14:80'", "--block-private", "default policy", ...
   bytes_sent, bytes_received, packets_sent, packets_received
@@ -30,9 +33,10 @@ from typing import Optional
 
 import attrs
 
+from netwrap.backends import PUBLISHED_CT_MARK
 from netwrap.linux.nfnetlink import TCP_CLOSING_STATES, CtEvent, Endpoint, LoggedPacket
-from netwrap.policy.nft import LOG_PREFIX
-from netwrap.policy.model import SOURCE_DEFAULT, SOURCE_DNS, SOURCE_LOCAL, Decision
+from netwrap.policy.nft import LOG_PREFIX, TAG_PUBLISHED
+from netwrap.policy.model import SOURCE_DEFAULT, SOURCE_DNS, SOURCE_LOCAL, SOURCE_PUBLISH, Decision
 
 BLOCKED_IDLE = 2.0  # seconds; ping sends once a second
 MAX_OPEN = 65536  # bound on flows remembered at once (a flood must not eat memory)
@@ -90,14 +94,17 @@ class FlowBook:
         # Flows already written: a late event for one must not reopen it.
         self._done_ids: set[int] = set()
         self.allowed = 0
+        self.inbound = 0  # of the allowed: inbound through --publish
         self.blocked = 0
         self.unknown = 0  # events we could not attribute (bad tag)
 
     # -- allowed flows: conntrack ------------------------------------------------------------
 
     def on_ct(self, event: CtEvent, now: float) -> list[dict]:
-        decision = self._tags.get(event.mark)
-        if event.mark == 0:
+        # A published connection the backend made inside itself (tunrelay) carries its bit, not a tag.
+        tag = TAG_PUBLISHED if event.mark & PUBLISHED_CT_MARK else event.mark
+        decision = self._tags.get(tag)
+        if tag == 0:
             return []
         if decision is None:
             self.unknown += 1
@@ -112,6 +119,8 @@ class FlowBook:
             if len(self._open) < MAX_OPEN:
                 self._open[event.id] = flow
             self.allowed += 1
+            if decision.source == SOURCE_PUBLISH:
+                self.inbound += 1
         if (event.kind == "update" and event.tcp_state in TCP_CLOSING_STATES and flow.closed is None):
             flow.closed = now
         if event.kind != "destroy":
@@ -127,6 +136,8 @@ class FlowBook:
         reply = event.reply_src or first.reply_src
         if reply is not None and (reply.address, reply.port) != (first.dst.address, first.dst.port):
             record["translated_destination"] = _endpoint(reply)
+        if flow.decision.source == SOURCE_PUBLISH:
+            record["direction"] = "inbound"
         record.update({
             "verdict": flow.decision.verdict, "decided_by": decided_by(flow.decision),
             "bytes_sent": event.bytes_orig, "bytes_received": event.bytes_reply,

@@ -95,6 +95,7 @@ SOURCE_DNS = "dns"
 SOURCE_METADATA = "block-metadata"
 SOURCE_PRIVATE = "block-private"
 SOURCE_DEFAULT = "default"
+SOURCE_PUBLISH = "publish"  # an inbound flow through --publish
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +119,8 @@ class Decision:
             why = f"--{self.source}"
         elif self.source == SOURCE_DNS:
             why = "the sandbox's DNS resolver"
+        elif self.source == SOURCE_PUBLISH:
+            why = "--publish"
         else:
             why = "the sandbox's own address"
         return f"{self.verdict} ({why})"

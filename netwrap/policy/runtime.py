@@ -184,7 +184,8 @@ class PolicyEngine:
         self.ruleset = policy_nft.render_policy(
             policy, resolved_names={n: sorted(a, key=str) for n, a in self.resolved.items()},
             flow_log_group=NFLOG_GROUP if self.tracking else None,
-            dns_tcp=not self.config.dns_allowed_only)
+            dns_tcp=not self.config.dns_allowed_only,
+            published=[(p.proto, p.sandbox_port) for p in self.config.publish])
         if self.config.flow_log is not None:
             try:
                 self._log = _open_flow_log(self.config)
@@ -364,6 +365,8 @@ class PolicyEngine:
         if self.book is None:
             return None
         line = f"{self.book.allowed} allowed, {self.book.blocked} blocked"
+        if self.book.inbound:
+            line += f" ({self.book.inbound} of the allowed inbound through --publish)"
         if self.lost_events:
             line += f" (the kernel dropped events {self.lost_events} times: counts are low)"
         return line

@@ -41,3 +41,20 @@ def test_runner_writes_table_json_and_chart(tmp_path: Path) -> None:
     paths = {(m["probe"], m["path"]) for m in doc["measurements"] if m["samples"]}
     assert paths == {(p, path) for p in ("tcp-down-1", "lat-udp") for path in ("host", "raw-pasta", "netwrap-pasta")}
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the runner builds a test world: needs root")
+def test_publish_rows_run(tmp_path: Path) -> None:
+    rows = ["publish-tcp-slirp4netns", "publish-tcp-tunrelay-vs-pasta"]
+    only = [arg for row in rows for arg in ("--only", row)]
+    done = subprocess.run([sys.executable, str(RUNNER), *only, "--reps", "1", "--seconds", "1",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert [r["row"] for r in doc["rows"]] == rows
+    for row in doc["rows"]:
+        # One measured sample on each side (the client completed a test through the published port).
+        assert len(row["samples"]["netwrap"]) == 1 and len(row["samples"]["anchor"]) == 1, row
+        assert row["netwrap"] > 0 and row["anchor"] > 0 and row["ratio"] is not None, row
+    assert doc["rows"][1]["target"] == "ratio >= 0.8"
+    assert "slirp4netns add_hostfwd" in doc["rows"][0]["anchor_name"]

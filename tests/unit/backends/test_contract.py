@@ -209,3 +209,43 @@ def test_pasta_warns_when_iface_cuts_it_off_from_a_loopback_resolver(resolv_conf
     assert (problem is not None) is warned
     if warned:
         assert problem.startswith("--iface up2: pasta cannot reach the host's resolver 127.0.0.") and "-d RESOLVER" in problem
+
+
+def test_pasta_publishes_only_the_ports_asked_for() -> None:
+    from netwrap.backends import Probe, Target
+    from netwrap.config import Config, PublishedPort
+    new = Probe(available=True, path="/usr/bin/pasta", options=frozenset({"map-host-loopback"}))
+    old = Probe(available=True, path="/usr/bin/pasta", options=frozenset({"no-map-gw"}))
+    target = Target(pid=4242, rootful=False, netns_fd=-1)
+
+    def pairs(probe: Probe, *published: PublishedPort) -> list[tuple[str, str]]:
+        config = Config(command=("true",), rootful=False, caller_uid=1000, caller_gid=1000, publish=published)
+        argv = PastaBackend().argv(target, config, probe, pidfile="PID")
+        return [(o, v) for o, v in zip(argv, argv[1:]) if o in ("--tcp-ports", "--udp-ports")]
+
+    asked = (PublishedPort(proto="tcp", host_port=8080, sandbox_port=80),
+             PublishedPort(proto="tcp", host_ip="2001:db8::1", host_port=8443, sandbox_port=443),
+             PublishedPort(proto="udp", host_ip="192.0.2.1", host_port=5353, sandbox_port=53))
+    assert pairs(new) == [("--tcp-ports", "none"), ("--udp-ports", "none")]
+    assert pairs(new, *asked) == [("--tcp-ports", "8080:80"), ("--tcp-ports", "2001:db8::1/8443:443"),
+                                  ("--udp-ports", "192.0.2.1/5353:53")]
+    # The 2023 build loses UDP replies: netwrap relays that port itself, pasta gets none.
+    assert pairs(old, *asked) == [("--tcp-ports", "8080:80"), ("--tcp-ports", "2001:db8::1/8443:443"),
+                                  ("--udp-ports", "none")]
+
+
+@pytest.mark.parametrize("options, nft, udp", [
+    ({"map-host-loopback"}, None, True),  # 2024_08 and later answer published UDP
+    ({"no-map-gw"}, "/usr/sbin/nft", True),  # the 2023 build: netwrap relays it, with nftables
+    ({"no-map-gw"}, None, False),  # ... and cannot without
+])
+def test_pasta_declares_udp_publishing_where_it_or_netwrap_answers_it(monkeypatch, options, nft, udp) -> None:
+    from netwrap.backends import CAP_PUBLISH, CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, Probe
+    from netwrap.backends import pasta
+    from netwrap.config import Tools
+
+    monkeypatch.setattr(pasta, "Tools", type("FakeTools", (), {"find": staticmethod(lambda: Tools(nft=nft))}))
+    backend = PastaBackend()
+    backend._probe = Probe(available=True, options=frozenset(options))
+    assert {CAP_PUBLISH, CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER} <= backend.capabilities
+    assert (CAP_PUBLISH_UDP in backend.capabilities) == udp

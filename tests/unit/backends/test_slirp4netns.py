@@ -147,9 +147,11 @@ def test_probe_of_a_complete_build(monkeypatch):
 
 def test_capabilities_follow_the_build_and_icmp():
     full = slirp4netns.capabilities_for(probe(), ipv6=True, icmp=True)
-    assert full == {"ipv4", "ipv6", "tcp", "udp", "icmp", "publish", "outbound-interface", "host-loopback"}
+    # Publishing keeps the client's address (tests/e2e/test_publish.py), on IPv4 host addresses only.
+    assert full == {"ipv4", "ipv6", "tcp", "udp", "icmp", "publish", "publish-udp", "publish-keeps-peer",
+                    "outbound-interface", "host-loopback"}
     old = slirp4netns.capabilities_for(probe(OLD_OPTIONS), ipv6=False, icmp=False)
-    assert old == {"ipv4", "tcp", "udp", "publish", "host-loopback"}
+    assert old == {"ipv4", "tcp", "udp", "publish", "publish-udp", "publish-keeps-peer", "host-loopback"}
 
 
 @pytest.mark.parametrize("text, allowed", [

@@ -356,3 +356,51 @@ def test_kernel_does_what_the_policy_means(case, tmp_path):
     expected = ["allow" if i in allowed else "deny" for i in range(len(_FLOWS))]
     mismatches = [(f, k, e) for f, k, e in zip(_FLOWS, kernel, expected) if k != e]
     assert mismatches == []
+
+
+# --- --publish ----------------------------------------------------------------
+
+_PUBLISHED = [("tcp", 8080), ("udp", 53), ("tcp", 80), ("tcp", 8080)]
+
+
+def _chain(text: str, name: str) -> list[str]:
+    """The stripped lines of one chain (a chain ends at a line holding a lone "}" one tab in)."""
+    lines = text.split(f"\tchain {name} {{\n", 1)[1].split("\n\t}\n", 1)[0].splitlines()
+    return [line.strip() for line in lines]
+
+
+def test_published_ports_change_nothing_unless_offline_or_logged():
+    # Outside --offline, replies leave through "ct state established" like any other.
+    for case in ("default_allow", "mixed", "presets"):
+        kwargs, resolved = CASES[case]
+        assert render_policy(build_policy(**kwargs), resolved_names=resolved, published=_PUBLISHED) == rendered(case)
+
+
+def test_offline_accepts_only_replies_of_published_ports():
+    text = render_policy(build_policy(offline=True), published=_PUBLISHED)
+    output = _chain(text, "output")
+    assert output[2:] == [
+        'ct direction reply meta l4proto tcp ct original proto-dst { 80, 8080 } accept comment "replies of --publish"',
+        'ct direction reply meta l4proto udp ct original proto-dst 53 accept comment "replies of --publish"',
+        'jump refuse comment "--offline"',
+    ]
+    assert "chain published" not in text  # no flow log: nothing to tag
+
+
+def test_flow_log_tags_inbound_published_flows():
+    text = render_policy(build_policy(), flow_log_group=7, published=_PUBLISHED)
+    assert _chain(text, "published") == [
+        "type filter hook input priority filter; policy accept;",
+        'iifname != "lo" ct state new tcp dport { 80, 8080 } ct mark set 6 comment "inbound through --publish"',
+        'iifname != "lo" ct state new udp dport 53 ct mark set 6 comment "inbound through --publish"',
+    ]
+    assert verdict_tags(build_policy())[6].source == "publish"
+
+
+@needs_nft
+@pytest.mark.parametrize("offline", [True, False])
+def test_nft_accepts_the_published_rules(tmp_path, offline):
+    script = tmp_path / "published.nft"
+    script.write_text(render_policy(build_policy(offline=offline), flow_log_group=7, published=_PUBLISHED))
+    result = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
