@@ -72,8 +72,12 @@ class DnsPath:
             with calls.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                               socket.NETLINK_ROUTE) as nl:
                 nl.settimeout(5.0)
+                rtnl = rtnetlink.Rtnl(nl)
+                # The local route below goes on lo, which no backend is bound
+                # to bring up first (a plugin with no uplink does not).
+                rtnl.request(lambda s: rtnetlink.set_link(1, up=True, seq=s), "bring lo up")
                 families = (socket.AF_INET, socket.AF_INET6) if socket.AF_INET6 in sockets.udp else (socket.AF_INET,)
-                tproxy.route_marked_to_lo(rtnetlink.Rtnl(nl), mark=intercept.MARK, table=intercept.ROUTE_TABLE,
+                tproxy.route_marked_to_lo(rtnl, mark=intercept.MARK, table=intercept.ROUTE_TABLE,
                                           priority=intercept.RULE_PRIORITY, families=families)
         except OSError as exc:
             stack.close()
@@ -94,7 +98,8 @@ class DnsPath:
             allowed = frozenset(config.policy.hostnames if config.policy is not None else ())
             refuse = lambda name: name not in allowed  # noqa: E731
         service = DnsProxyService(udp=sockets.udp, tcp=sockets.tcp, reply=raw_reply(sockets.raw), choose=choose,
-                                  on_learn=on_learn or (lambda learned: None), refuse=refuse)
+                                  on_learn=on_learn or (lambda learned: None), refuse=refuse,
+                                  device=config.outbound_interface.name if config.outbound_interface else None)
         return cls(service=service, ruleset=intercept.render_interception(ports), nft_path=nft, stack=stack)
 
     def merge(self, plan: SetupPlan) -> SetupPlan:

@@ -53,6 +53,7 @@ MAX_UPSTREAMS = 256  # distinct servers with a core at once; idle ones make room
 MAX_TCP = 64  # TCP connections served at once; more are closed at once
 TCP_IDLE = 10.0  # seconds without a byte either way end a TCP connection
 CONNECT_TIMEOUT = 5.0
+STOP_TIMEOUT = 2.0  # stop() without a deadline: the loop gets this long to end
 FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
@@ -118,10 +119,13 @@ class DnsProxyService:
     def __init__(self, *, udp: dict[int, socket.socket], tcp: dict[int, socket.socket],
                  reply: Callable[[tuple[str, int], tuple[str, int], bytes], None],
                  choose: Callable[[str], str], on_learn: Callable[[core.Learn], None],
-                 upstream_port: int = 53, refuse: Callable[[str], bool] | None = None) -> None:
+                 upstream_port: int = 53, refuse: Callable[[str], bool] | None = None,
+                 device: str | None = None) -> None:
         """udp/tcp: the listeners by family; reply(source, dest, payload) sends
         a UDP answer back; choose(address asked) names the upstream server;
-        refuse: the cores' name filter (--dns-allowed-only, see netwrap.dns.proxy)."""
+        refuse: the cores' name filter (--dns-allowed-only, see netwrap.dns.proxy);
+        device: --iface, the interface queries leave the host by (SO_BINDTODEVICE),
+        except those to a resolver on the host's loopback, which is no way out."""
         self._udp = udp
         self._tcp = tcp
         self._reply = reply
@@ -129,8 +133,10 @@ class DnsProxyService:
         self._on_learn = on_learn
         self._port = upstream_port
         self._refuse = refuse
+        self._device = device.encode() if device is not None else None
         self._cores: dict[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], core.DnsProxy] = {}
-        self._upstream: dict[int, list[socket.socket]] = {}
+        # (family, bound to the device) -> sockets, each on its own port.
+        self._upstream: dict[tuple[int, bool], list[socket.socket]] = {}
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()  # _connections and on_learn, shared with the TCP threads
         self.errors: list[str] = []
@@ -147,16 +153,19 @@ class DnsProxyService:
         if self._loop is not None or self._stopped:
             return
         for family in FAMILIES:
-            pool = []
-            try:
-                for _ in range(UPSTREAM_SOCKETS):
-                    s = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
-                    self._stack.callback(s.close)
-                    s.bind(("0.0.0.0" if family == socket.AF_INET else "::", 0))  # its port, now
-                    pool.append(s)
-            except OSError:  # e.g. a host without IPv6
-                continue
-            self._upstream[family] = pool
+            for bound in (False, True) if self._device is not None else (False,):
+                pool = []
+                try:
+                    for _ in range(UPSTREAM_SOCKETS):
+                        s = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+                        self._stack.callback(s.close)
+                        if bound:
+                            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self._device)
+                        s.bind(("0.0.0.0" if family == socket.AF_INET else "::", 0))  # its port, now
+                        pool.append(s)
+                except OSError:  # e.g. a host without IPv6
+                    continue
+                self._upstream[(family, bound)] = pool
         handlers: dict[int, Callable[[], None]] = {}
         for s in self._udp.values():
             s.setblocking(False)
@@ -172,14 +181,14 @@ class DnsProxyService:
         self._loop.start()
 
     def stop(self, deadline: float | None = None) -> bool:
-        """Stop serving by `deadline` (time.monotonic(); None: now), end the TCP
+        """Stop serving by `deadline` (time.monotonic(); None: STOP_TIMEOUT from now), end the TCP
         connections and close the host-side sockets (the sandbox's are the
         caller's). False if the thread had to be abandoned. Idempotent."""
         if self._stopped:
             return self._ended
         self._stopped = True
         if self._loop is not None:
-            self._ended = self._loop.stop(time.monotonic() if deadline is None else deadline)
+            self._ended = self._loop.stop(time.monotonic() + STOP_TIMEOUT if deadline is None else deadline)
             if not self._ended:
                 self.errors.append("the DNS proxy did not stop in time")
         with self._lock:
@@ -244,13 +253,17 @@ class DnsProxyService:
                 continue
             self._carry_out(c, c.answer(data, sender))
 
+    def _routed(self, server: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        """Does a query to `server` leave by the --iface device?"""
+        return self._device is not None and not server.is_loopback
+
     def _carry_out(self, c: core.DnsProxy, actions: list[core.Action]) -> None:
         for action in actions:
             if isinstance(action, core.SendUpstream):
                 server = (str(c.resolver[0]), c.resolver[1])
                 family = socket.AF_INET if c.resolver[0].version == 4 else socket.AF_INET6
                 try:
-                    pool = self._upstream[family]
+                    pool = self._upstream[(family, self._routed(c.resolver[0]))]
                     pool[secrets.randbelow(len(pool))].sendto(action.data, server)
                 except (OSError, KeyError):
                     self._carry_out(c, c.upstream_failed(action))
@@ -288,7 +301,13 @@ class DnsProxyService:
         try:
             asked = conn.getsockname()[0]  # TPROXY: the address the command connected to
             server = self._choose(asked)
-            upstream = socket.create_connection((server, self._port), timeout=CONNECT_TIMEOUT)
+            address = ipaddress.ip_address(server)
+            upstream = socket.socket(socket.AF_INET if address.version == 4 else socket.AF_INET6,
+                                     socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            if self._routed(address):
+                upstream.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self._device)
+            upstream.settimeout(CONNECT_TIMEOUT)
+            upstream.connect((server, self._port))
             self._relay_tcp(conn, upstream)
         except OSError as exc:
             debug(f"DNS proxy: a TCP connection ended: {exc}")

@@ -481,7 +481,7 @@ def test_the_command_cannot_lift_the_policy(world: World, backend: str, as_user:
     (["--allow", "2001:db8::1:80,443"], "must be in brackets, e.g. [2001:db8::1]:80,443"),
     (["--default-policy", "reject"], "invalid --default-policy 'reject': expected 'allow' or 'deny'"),
     (["--offline", "--allow", "1.2.3.4"], "--offline cannot be combined with --allow '1.2.3.4'"),
-    (["--flow-log", "/nonexistent/dir/flows.jsonl"], "--flow-log /nonexistent/dir/flows.jsonl: directory /nonexistent/dir does not exist"),
+    (["--flow-log", "/nonexistent/dir/flows.jsonl"], "--flow-log '/nonexistent/dir/flows.jsonl': directory /nonexistent/dir does not exist"),
     (["--block-private", "--allow-host-loopback"], "--block-private cannot be combined with --allow-host-loopback"),
 ], ids=["host-bits", "port-range", "deny-hostname", "scheme", "icmp-port", "ipv6-brackets", "default-policy",
         "offline-allow", "flow-log-path", "private-host-loopback"])
