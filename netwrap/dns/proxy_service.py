@@ -39,7 +39,7 @@ from netwrap.dns import stream
 from netwrap.dns.message import DNSFormatError
 from netwrap.linux import tproxy
 from netwrap.linux.commands import debug
-from netwrap.loopthread import LoopThread
+from netwrap.linux.loopthread import LoopThread
 
 if TYPE_CHECKING:
     from netwrap.sandbox.calls import SandboxCalls

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING, TextIO
 from netwrap.errors import NetwrapError
 from netwrap.linux import netlink, nfnetlink
 from netwrap.linux.commands import debug
-from netwrap.loopthread import LoopThread
+from netwrap.linux.loopthread import LoopThread
 from netwrap.policy import flowlog
 from netwrap.policy import nft as policy_nft
 from netwrap.policy.model import IPAddress, Policy, normalize_address

@@ -1,4 +1,4 @@
-"""netwrap.loopthread: the lifecycle the run's services share."""
+"""netwrap.linux.loopthread: the lifecycle the run's services share."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from netwrap.loopthread import LoopThread
+from netwrap.linux.loopthread import LoopThread
 
 
 def pipe():
