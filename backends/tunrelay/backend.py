@@ -35,7 +35,6 @@ import threading
 from typing import TYPE_CHECKING
 
 from netwrap import __version__
-from netwrap.backends import publish_relay
 from netwrap.backends import (
     CAP_HOST_LOOPBACK, CAP_ICMP, CAP_ICMP6, CAP_IPV4, CAP_IPV6, CAP_OUTBOUND_INTERFACE, CAP_PUBLISH,
     CAP_PUBLISH_IPV6, CAP_PUBLISH_KEEPS_PEER, CAP_PUBLISH_UDP, CAP_TCP, CAP_UDP, Decide, NetworkInfo, Probe, Target,
@@ -190,6 +189,8 @@ class TunrelayHandle:
                 if chosen == "nat":
                     listeners = _nat_listeners(calls, stack)
                 if config.publish:
+                    from netwrap.backends import publish_relay  # only a run that publishes pays for it
+
                     publish_relay.setup_routing(calls, rtnl, target.tools.nft)
             debug(f"tunrelay: {index=} TCP path {chosen}")
 
@@ -231,6 +232,8 @@ class TunrelayHandle:
                     sys.stderr.write(f"netwrap: warning: {message}\n")
 
             if config.publish:
+                from netwrap.backends import publish_relay
+
                 publish_relay.start(target, list(config.publish), (A.ADDRESS_V4, A.ADDRESS_V6), stack, warn)
             engine = Engine(tun_fd=tun_fd, core=core, gate=gate, listeners=listeners, max_pumps=max_flows,
                             warn=warn, outbound=outbound)

@@ -30,13 +30,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from netwrap.dns import intercept
-from netwrap.dns.proxy_service import DnsProxyService, open_in_sandbox, raw_reply
 from netwrap.errors import NetwrapError
-from netwrap.linux import rtnetlink, tproxy
-from netwrap.linux.hostfiles import host_resolvers, read_host_file
 
 if TYPE_CHECKING:
+    from netwrap.dns.proxy_service import DnsProxyService
     from netwrap.backends import NetworkInfo
     from netwrap.config import Config
     from netwrap.dns.proxy import Learn
@@ -66,6 +63,12 @@ class DnsPath:
     @classmethod
     def prepare(cls, config: Config, calls: SandboxCalls, network: NetworkInfo, *, nft: str,
                 on_learn: Callable[[Learn], None] | None = None) -> DnsPath:
+        # Imported here: a plain run asks wanted() only, and pays for none of this.
+        from netwrap.dns import intercept
+        from netwrap.dns.proxy_service import DnsProxyService, open_in_sandbox, raw_reply
+        from netwrap.linux import rtnetlink, tproxy
+        from netwrap.linux.hostfiles import host_resolvers, read_host_file
+
         stack = contextlib.ExitStack()
         try:
             sockets = open_in_sandbox(calls, stack)
